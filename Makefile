@@ -1,0 +1,31 @@
+# Two commands on a fresh machine with Python 3.11 and pip:
+#   make demo   train + export + evaluate on the built-in synthetic dataset (offline)
+#   make test   lint and the whole test suite (what CI runs)
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): proto/pyproject.toml training/pyproject.toml server/pyproject.toml client/pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 \
+		-e proto -e training -e server -e client -r requirements-dev.txt
+	touch $@
+
+demo: install
+	$(BIN)/visinspect-train run --dataset synthetic --category brick --repository model_repository
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) runs data

@@ -1,0 +1,1 @@
+"""Contracts shared by training, serving and clients of the visual inspection service."""

@@ -1,0 +1,91 @@
+"""The CLI: a whole run on the synthetic dataset, and one-line errors with a non-zero status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_IMAGE_SIZE
+from visinspect_api.model_repository import list_versions, read_metadata
+from visinspect_training.cli import main
+
+
+def test_run_trains_exports_and_prints_the_evaluation(tiny_config, tmp_path: Path, capsys) -> None:
+    dataset = tiny_config.dataset
+    status = main([
+        "run", "--dataset", "synthetic", "--data-root", str(dataset.root), "--category", "brick",
+        "--image-size", str(TINY_IMAGE_SIZE), "--n-features", "50", "--runs", str(tmp_path / "runs"),
+        "--repository", str(tmp_path / "repository"),
+    ])  # fmt: skip
+    captured = capsys.readouterr()
+    assert status == 0
+    assert captured.out.strip().endswith(str(tmp_path / "repository" / "brick" / "1"))
+    for text in (
+        "training run brick",
+        "image AUROC",
+        "pixel AUROC",
+        "max |score - torch|",
+        "builtin sha256 579344248a93",
+    ):
+        assert text in captured.err
+    metadata = read_metadata(tmp_path / "repository" / "brick" / "1")
+    assert metadata.input.height == TINY_IMAGE_SIZE
+    assert metadata.backbone.n_features == 50
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--backbone", "resnet_9000"], "unknown backbone 'resnet_9000'"),
+        (["--backbone", "resnet18"], "no built-in weights for 'resnet18'"),
+        (["--layers", "blocks.1,blocks.99"], "invalid PaDiM settings"),
+        (["--n-features", "5000"], "invalid PaDiM settings"),
+        (["--model-name", "../up"], "model name '../up' is not valid"),
+        (["--image-size", "100"], "multiple of 32"),
+        (["--ir-precision", "INT8"], "INT8 export is not supported"),
+        (
+            ["--dataset", "folder", "--normal-dir", "/nonexistent/good"],
+            "dataset folder /nonexistent/good does not exist",
+        ),
+        (["--weights", "file"], "give a weights file exactly when"),
+        (["--weights-file", "/nonexistent.pth"], "weights file /nonexistent.pth does not exist"),
+    ],
+)
+def test_bad_options_give_one_line_errors(tiny_config, tmp_path: Path, capsys, arguments, message) -> None:
+    status = main([
+        "run", "--data-root", str(tiny_config.dataset.root), "--image-size", str(TINY_IMAGE_SIZE),
+        "--runs", str(tmp_path / "runs"), "--repository", str(tmp_path / "repository"), *arguments,
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1
+    assert list_versions(tmp_path / "repository" / "brick") == []
+
+
+def test_weights_file_with_wrong_hash(tiny_config, tmp_path: Path, capsys) -> None:
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"not what you expected")
+    status = main([
+        "train", "--data-root", str(tiny_config.dataset.root), "--runs", str(tmp_path / "runs"),
+        "--weights-file", str(weights), "--weights-sha256", "0" * 64,
+    ])  # fmt: skip
+    assert status == 2
+    assert "expected 0000" in capsys.readouterr().err
+
+
+def test_unwritable_repository_from_the_command_line(trained_run, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "visinspect_training.cli", "export", str(trained_run.run_dir), "--repository",
+         str(blocker / "repository")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: cannot create model repository {blocker / 'repository'}: Not a directory"
+    ]

@@ -1,0 +1,147 @@
+"""The metadata schema: round trip, and every kind of invalid file is refused with the field named."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from visinspect_api.model_repository import (
+    METADATA_FILENAME,
+    Backbone,
+    Calibration,
+    DatasetInfo,
+    Evaluation,
+    InputContract,
+    MetadataError,
+    ModelMetadata,
+    OutputContract,
+    list_models,
+    list_versions,
+    read_metadata,
+    write_metadata,
+)
+
+
+def make_metadata(**changes) -> ModelMetadata:
+    metadata = ModelMetadata(
+        model_name="bottle",
+        created_at="2026-11-29T12:00:00+00:00",
+        input=InputContract(name="image", height=256, width=256),
+        outputs=OutputContract(),
+        calibration=Calibration(
+            image_threshold=51.9, pixel_threshold=50.0, image_min=19.5, image_max=492.0,
+            pixel_min=2.8, pixel_max=492.0, source="from_test validation split", overlaps_test=False,
+        ),
+        backbone=Backbone(name="tf_efficientnet_lite0", layers=("blocks.1", "blocks.2"), n_features=100, weights="builtin",
+                          weights_sha256="a" * 64),
+        dataset=DatasetInfo(kind="mvtec", name="bottle", location="/data/bottle", category="bottle",
+                            val_split="from_test", seed=0, counts={"train": 209}),
+        inference_precision="f32",
+        ir_precision="FP32",
+        ir_bin_sha256="b" * 64,
+        software={"openvino": "2026.4.1"},
+        evaluation=Evaluation(split="test", num_images=42, num_anomalous=32, image_auroc=0.99, image_f1=0.98,
+                              pixel_auroc=None, max_abs_score_diff_vs_torch=0.002, max_rel_score_diff_vs_torch=4e-6,
+                              inference_precision="f32", notes=("a note",)),
+    )  # fmt: skip
+    return dataclasses.replace(metadata, **changes)
+
+
+def as_dict(metadata: ModelMetadata) -> dict:
+    return json.loads(metadata.to_json())
+
+
+def test_round_trip_through_a_version_folder(tmp_path: Path) -> None:
+    metadata = make_metadata()
+    write_metadata(tmp_path, metadata)
+    assert read_metadata(tmp_path) == metadata
+    assert (tmp_path / METADATA_FILENAME).is_file()
+
+
+def test_evaluation_is_optional() -> None:
+    metadata = make_metadata(evaluation=None)
+    assert ModelMetadata.from_json(metadata.to_json()).evaluation is None
+
+
+def mutate(path: str, value, delete: bool = False) -> str:
+    data = as_dict(make_metadata())
+    *parents, leaf = path.split(".")
+    target = data
+    for key in parents:
+        target = target[key]
+    if delete:
+        del target[leaf]
+    else:
+        target[leaf] = value
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "delete", "message"),
+    [
+        ("calibration.image_threshold", None, True, "missing field calibration.image_threshold"),
+        ("calibration.image_threshold", "high", False, "calibration.image_threshold must be a number"),
+        ("input.height", 25.5, False, "input.height must be an integer"),
+        ("input.height", True, False, "input.height must be an integer"),
+        ("input.layout", "NCHW", False, "input.layout must be one of ['NHWC']"),
+        ("inference_precision", "int4", False, "inference_precision must be one of"),
+        ("backbone.layers", "blocks.1", False, "backbone.layers must be a list"),
+        ("input.value_range", [0, 1, 2], False, "input.value_range must have 2 items"),
+        ("dataset.counts", [1], False, "dataset.counts must be an object"),
+        ("calibration.overlaps_test", 1, False, "calibration.overlaps_test must be true or false"),
+        ("surprise", 1, False, "unknown field surprise"),
+        ("calibration.surprise", 1, False, "unknown field calibration.surprise"),
+        ("evaluation", "good", False, "evaluation must be an object"),
+        ("schema_version", 2, False, "unsupported schema_version 2"),
+        ("ir_bin_sha256", "xyz", False, "ir_bin_sha256 must be 64 lowercase hex digits"),
+        ("backbone.weights_sha256", "F" * 64, False, "backbone.weights_sha256 must be 64 lowercase hex digits"),
+        ("calibration.image_min", 1e9, False, "calibration min must not exceed max"),
+        ("input.width", 0, False, "input.height and input.width must be positive"),
+        ("model_name", "../escape", False, "is not a valid model name"),
+        ("backbone.layers", [], False, "backbone needs at least one layer"),
+    ],
+)
+def test_invalid_metadata_names_the_field(path: str, value, delete: bool, message: str) -> None:
+    with pytest.raises(MetadataError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ModelMetadata.from_json(mutate(path, value, delete))
+
+
+def test_non_finite_calibration_is_refused() -> None:
+    text = mutate("calibration.pixel_threshold", float("nan"))
+    with pytest.raises(MetadataError, match="calibration.pixel_threshold must be a finite number"):
+        ModelMetadata.from_json(text)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", ""])
+def test_malformed_json_is_refused(text: str) -> None:
+    with pytest.raises(MetadataError):
+        ModelMetadata.from_json(text)
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(MetadataError, match=str(tmp_path / METADATA_FILENAME)):
+        read_metadata(tmp_path)
+
+
+def test_write_refuses_invalid_metadata(tmp_path: Path) -> None:
+    with pytest.raises(MetadataError):
+        write_metadata(tmp_path, make_metadata(ir_bin_sha256="short"))
+    assert not (tmp_path / METADATA_FILENAME).exists()
+
+
+def test_versions_are_positive_integer_folders(tmp_path: Path) -> None:
+    for name in ("1", "10", "2", "0", "tmp", ".3", "-4"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "7").write_text("a file, not a version")
+    assert list_versions(tmp_path) == [1, 2, 10]
+    assert list_versions(tmp_path / "absent") == []
+
+
+def test_models_exclude_hidden_folders(tmp_path: Path) -> None:
+    for name in ("bottle", "brick", ".staging"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    assert list_models(tmp_path) == ["bottle", "brick"]

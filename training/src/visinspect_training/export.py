@@ -1,0 +1,121 @@
+"""Export a training run as a new, evaluated version in the model repository."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from visinspect_api.model_repository import (
+    IR_BIN_FILENAME,
+    IR_XML_FILENAME,
+    Backbone,
+    DatasetInfo,
+    Evaluation,
+    ModelMetadata,
+    write_metadata,
+)
+from visinspect_training import ir
+from visinspect_training.errors import ConfigError
+from visinspect_training.evaluate import evaluate_ir
+from visinspect_training.repository import publish, staging_folder, write_ovms_config
+from visinspect_training.train import TrainedRun
+from visinspect_training.weights import sha256_file
+
+log = logging.getLogger(__name__)
+
+IR_PRECISIONS = ("FP32", "FP16")
+INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
+_INT8_REFUSAL = (
+    "INT8 export is not supported for PaDiM: anomalib's INT8 post-training quantisation also quantises "
+    "the Gaussian (Mahalanobis) scoring, which collapses every score to zero; export FP32 (default) or FP16"
+)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export: IR weight precision, the inference precision servers must use, and evaluation."""
+
+    ir_precision: str = "FP32"
+    inference_precision: str = "f32"
+    evaluate: bool = True
+    performance_hint: str = "LATENCY"
+
+    def __post_init__(self) -> None:
+        if self.ir_precision.upper() == "INT8":
+            raise ConfigError(_INT8_REFUSAL)
+        if self.ir_precision not in IR_PRECISIONS:
+            raise ConfigError(f"IR precision must be one of {', '.join(IR_PRECISIONS)}, got {self.ir_precision!r}")
+        if self.inference_precision not in INFERENCE_PRECISIONS:
+            raise ConfigError(
+                f"inference precision must be one of {', '.join(INFERENCE_PRECISIONS)}, "
+                f"got {self.inference_precision!r}"
+            )
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The published version."""
+
+    version: int
+    version_dir: Path
+    metadata: ModelMetadata
+
+
+def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None = None) -> ExportResult:
+    """Convert, evaluate and atomically publish ``run`` as the model's next version."""
+    options = options or ExportOptions()
+    config = run.config
+    with staging_folder(repository, config.model_name) as staged:
+        model, input_contract, outputs = ir.convert(run.padim, config.image_size)
+        xml_path = staged / IR_XML_FILENAME
+        ir.save(model, xml_path, options.ir_precision)  # type: ignore[arg-type]
+        evaluation: Evaluation | None = None
+        if options.evaluate:
+            evaluation = evaluate_ir(
+                xml_path,
+                config,
+                run.calibration,
+                options.inference_precision,
+                run.padim,  # type: ignore[arg-type]
+            )
+        metadata = ModelMetadata(
+            model_name=config.model_name,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            input=input_contract,
+            outputs=outputs,
+            calibration=run.calibration,
+            backbone=Backbone(
+                name=config.backbone,
+                layers=config.layers,
+                n_features=config.n_features,
+                weights=config.weights.source,
+                weights_sha256=run.weights_sha256,
+            ),
+            dataset=DatasetInfo(
+                kind=config.dataset.kind,
+                name=config.dataset.display_name,
+                location=config.dataset.location,
+                category=config.dataset.category,
+                val_split=config.dataset.val_split,
+                seed=config.dataset.seed,
+                counts=run.counts,
+            ),
+            inference_precision=options.inference_precision,  # type: ignore[arg-type]
+            ir_precision=options.ir_precision,  # type: ignore[arg-type]
+            ir_bin_sha256=sha256_file(staged / IR_BIN_FILENAME),
+            software=_software_versions(),
+            evaluation=evaluation,
+        )
+        write_metadata(staged, metadata)
+        version = publish(staged, repository / config.model_name)
+    write_ovms_config(repository, options.performance_hint)
+    log.info("published %s version %d", config.model_name, version)
+    return ExportResult(version=version, version_dir=repository / config.model_name / str(version), metadata=metadata)
+
+
+def _software_versions() -> dict[str, str]:
+    names = ("anomalib", "openvino", "torch", "timm", "visinspect-training")
+    return {name: importlib.metadata.version(name) for name in names}
