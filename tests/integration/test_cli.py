@@ -28,7 +28,7 @@ def test_run_trains_exports_and_prints_the_evaluation(tiny_config, tmp_path: Pat
         "image AUROC",
         "pixel AUROC",
         "max |score - torch|",
-        "builtin sha256 579344248a93",
+        "builtin sha256 b03531047ffa",
     ):
         assert text in captured.err
     metadata = read_metadata(tmp_path / "repository" / "brick" / "1")

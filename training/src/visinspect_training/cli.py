@@ -17,6 +17,7 @@ from rich.table import Table
 from rich_argparse import RichHelpFormatter
 
 from visinspect_api.model_repository import Evaluation, ModelMetadata, read_metadata
+from visinspect_training.defaults import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_LAYERS, DEFAULT_N_FEATURES
 from visinspect_training.errors import TrainingError
 
 log = logging.getLogger("visinspect_training")
@@ -41,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
+    logging.captureWarnings(True)  # libraries that reset warning filters still end up in a silenced logger
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
     for name in (
         "lightning.pytorch",
         "lightning.pytorch.utilities.rank_zero",
@@ -116,14 +119,12 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    from visinspect_training.train import DEFAULT_BACKBONE, DEFAULT_LAYERS, DEFAULT_N_FEATURES  # noqa: PLC0415
-
     group = parser.add_argument_group("model")
     group.add_argument("--model-name", help="repository folder name (default: the dataset's name)")
     group.add_argument("--backbone", default=DEFAULT_BACKBONE)
     group.add_argument("--layers", default=",".join(DEFAULT_LAYERS), help="comma-separated backbone layers")
     group.add_argument("--n-features", type=int, default=DEFAULT_N_FEATURES)
-    group.add_argument("--image-size", type=int, default=256)
+    group.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     group.add_argument("--seed", type=int, default=0)
     group.add_argument(
         "--weights",

@@ -28,6 +28,7 @@ from torchvision.transforms.v2 import Normalize
 
 from visinspect_api.model_repository import Calibration, is_valid_model_name
 from visinspect_training.data import DatasetSpec, build_datamodule, split_counts
+from visinspect_training.defaults import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_LAYERS, DEFAULT_N_FEATURES
 from visinspect_training.errors import ConfigError, TrainingError
 from visinspect_training.progress import LightningProgress
 from visinspect_training.synthetic import SyntheticSpec
@@ -42,9 +43,6 @@ from visinspect_training.weights import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-DEFAULT_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
-DEFAULT_N_FEATURES = 100
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RUN_STATE_FILENAME = "padim.pt"
@@ -60,7 +58,7 @@ class TrainConfig:
     backbone: str = DEFAULT_BACKBONE
     layers: tuple[str, ...] = DEFAULT_LAYERS
     n_features: int = DEFAULT_N_FEATURES
-    image_size: int = 256
+    image_size: int = DEFAULT_IMAGE_SIZE
     seed: int = 0
     weights: WeightsSpec = field(default_factory=WeightsSpec)
     batch_size: int = 32
