@@ -1,0 +1,135 @@
+"""Inference backends behind one small Protocol: in-process OpenVINO here; OVMS (KServe v2) plugs in too."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import openvino as ov
+
+from visinspect_api.model_repository import IR_XML_FILENAME, ModelMetadata
+from visinspect_server.errors import InspectionError
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """A model version cannot be served: bad IR, contract mismatch, compile failure."""
+
+
+@dataclass(frozen=True)
+class RawOutput:
+    """Raw model outputs for a batch: anomaly maps [N, H, W] and image scores [N], float32."""
+
+    anomaly_maps: np.ndarray
+    scores: np.ndarray
+
+
+class InferenceBackend(Protocol):
+    """Runs one model version. ``infer`` takes a uint8 NHWC RGB batch at the model's input size."""
+
+    async def infer(self, images: np.ndarray) -> RawOutput:
+        """Run the batch and return its raw outputs."""
+        ...
+
+    def close(self) -> None:
+        """Release resources; in-flight calls may still complete."""
+        ...
+
+
+@dataclass(frozen=True)
+class OpenVINOOptions:
+    """How the embedded backend compiles a model."""
+
+    performance_hint: str = "LATENCY"
+    cache_dir: Path | None = None
+    device: str = "CPU"
+
+
+class OpenVINOBackend:
+    """In-process OpenVINO with an async infer queue, so concurrent requests keep every core busy."""
+
+    def __init__(self, version_dir: Path, metadata: ModelMetadata, options: OpenVINOOptions, core: ov.Core) -> None:
+        self._metadata = metadata
+        model = _read_and_check(core, version_dir / IR_XML_FILENAME, metadata)
+        config: dict[str, object] = {
+            "PERFORMANCE_HINT": options.performance_hint,
+            "INFERENCE_PRECISION_HINT": metadata.inference_precision,
+        }
+        if options.cache_dir is not None:
+            options.cache_dir.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(options.cache_dir)
+        try:
+            self._compiled = core.compile_model(model, options.device, config)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"OpenVINO cannot compile {version_dir}: {exc}") from exc
+        jobs = max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._queue = ov.AsyncInferQueue(self._compiled, jobs)
+        self._queue.set_callback(_on_done)
+        self._slots = asyncio.Semaphore(jobs)
+        self.jobs = jobs
+
+    async def infer(self, images: np.ndarray) -> RawOutput:
+        loop = asyncio.get_running_loop()
+        async with self._slots:  # start_async blocks when every request is busy: wait here instead
+            done: asyncio.Future[RawOutput | BaseException] = loop.create_future()
+            self._queue.start_async({0: images}, (loop, done, images), share_inputs=True)
+            outcome = await done
+        if isinstance(outcome, BaseException):
+            raise InspectionError("inference failed") from outcome
+        return outcome
+
+    def warm_up(self) -> None:
+        """One synchronous inference on a black image, so the first request pays no lazy set-up."""
+        contract = self._metadata.input
+        request = self._compiled.create_infer_request()
+        request.infer({0: np.zeros((1, contract.height, contract.width, 3), np.uint8)})
+
+    def close(self) -> None:
+        self._queue.wait_all()
+
+
+def _on_done(request: ov.InferRequest, userdata: tuple) -> None:
+    loop, future, _images = userdata  # the images ride along so their buffer outlives the request
+    try:
+        maps = request.get_output_tensor(0).data
+        outcome: RawOutput | BaseException = RawOutput(
+            anomaly_maps=maps.reshape(maps.shape[0], maps.shape[-2], maps.shape[-1]).copy(),
+            scores=request.get_output_tensor(1).data.reshape(-1).copy(),
+        )
+    except Exception as exc:  # noqa: BLE001 - handed to the awaiting coroutine, which raises it
+        outcome = exc
+    loop.call_soon_threadsafe(_resolve, future, outcome)
+
+
+def _resolve(future: asyncio.Future, outcome: object) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def _read_and_check(core: ov.Core, xml_path: Path, metadata: ModelMetadata) -> ov.Model:
+    """Read the IR and refuse it unless its input and outputs are the ones the metadata promises."""
+    try:
+        model = core.read_model(xml_path)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"OpenVINO cannot read {xml_path}: {exc}") from exc
+    contract = metadata.input
+    if len(model.inputs) != 1 or len(model.outputs) != 2:
+        raise ModelLoadError(
+            f"{xml_path}: expected 1 input and 2 outputs, found {len(model.inputs)}/{len(model.outputs)}"
+        )
+    port = model.inputs[0]
+    expected_shape = f"[?,{contract.height},{contract.width},3]"
+    if port.get_element_type() != ov.Type.u8 or str(port.get_partial_shape()) != expected_shape:
+        raise ModelLoadError(
+            f"{xml_path}: input is {port.get_element_type()} {port.get_partial_shape()}, "
+            f"metadata promises u8 {expected_shape}"
+        )
+    names = [output.get_any_name() for output in model.outputs]
+    if names != [metadata.outputs.anomaly_map, metadata.outputs.pred_score]:
+        raise ModelLoadError(f"{xml_path}: outputs are {names}, metadata promises anomaly_map and pred_score")
+    return model

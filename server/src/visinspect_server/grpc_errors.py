@@ -1,0 +1,58 @@
+"""The one place where exceptions become gRPC statuses (and requests are counted and timed)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from visinspect_server.errors import InspectionError
+from visinspect_server.observability import Metrics, new_request_id, request_id_var
+
+log = logging.getLogger(__name__)
+Response = TypeVar("Response")
+INTERNAL_MESSAGE = "internal error; the server log has the details (request id {request_id})"
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Map an exception to the status and message a caller sees; unexpected ones are logged in full."""
+    if isinstance(exc, InspectionError):
+        return exc.code, str(exc)
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the request did not finish before its deadline"
+    log.error("unexpected error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE.format(request_id=request_id_var.get())
+
+
+def unary_rpc(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """Decorate a unary servicer method: set the request id, map errors, count and time the call.
+
+    The servicer must have a ``metrics`` attribute (:class:`Metrics`).
+    """
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        request_id_var.set(getattr(request, "request_id", "") or new_request_id())
+        metrics: Metrics = self.metrics
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code, message = status_of(exc)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            metrics.requests.labels(name, code.name).inc()
+            metrics.latency.labels(name).observe(time.perf_counter() - started)
+
+    return wrapper

@@ -1,0 +1,181 @@
+"""The transport-free detection pipeline: decode → pre-process → backend → post-process."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from visinspect_server import imaging, postprocess
+from visinspect_server.backend import RawOutput
+from visinspect_server.errors import InvalidInputError
+from visinspect_server.registry import LoadedModel, ModelRegistry
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RawPixels:
+    """An uncompressed 8-bit image as sent by the caller."""
+
+    data: bytes
+    height: int
+    width: int
+    channels: int
+    bgr: bool = False
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Exactly one of: encoded file bytes, raw pixels, or a path under the image root."""
+
+    encoded: bytes | None = None
+    raw: RawPixels | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Per-request choices."""
+
+    model: str = ""
+    version: int = 0
+    threshold: float | None = None
+    anomaly_map: bool = False
+    mask: bool = False
+    regions: bool = False
+    original_size_maps: bool = False
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Milliseconds spent per stage."""
+
+    decode_ms: float
+    preprocess_ms: float
+    inference_ms: float
+    postprocess_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The result of one detection."""
+
+    model: str
+    version: int
+    verdict: postprocess.Verdict
+    image_height: int
+    image_width: int
+    timing: StageTimes
+    anomaly_map_png: bytes = b""
+    mask_png: bytes = b""
+    regions: tuple[postprocess.Region, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class PipelineLimits:
+    """Input limits enforced before any expensive work."""
+
+    max_pixels: int
+    max_file_bytes: int
+    image_root: Path | None
+
+
+class InspectionPipeline:
+    """Runs detections; CPU-bound stages go to a thread pool so the event loop keeps serving."""
+
+    def __init__(self, registry: ModelRegistry, executor: Executor, limits: PipelineLimits) -> None:
+        self._registry = registry
+        self._executor = executor
+        self._limits = limits
+
+    async def detect(self, source: ImageSource, options: DetectOptions) -> Detection:
+        """Score one image with the requested (or default) model version."""
+        started = time.perf_counter()
+        threshold = _check_threshold(options.threshold)
+        model = self._registry.resolve(options.model, options.version)
+        image, decoded = await self._run(self._decode, source)
+        contract = model.metadata.input
+        batch, resized = await self._run(_to_batch, image, contract.height, contract.width)
+        output = await model.backend.infer(batch)
+        inferred = time.perf_counter()
+        detection, finished = await self._run(_postprocess, model, options, threshold, image.shape[:2], output)
+        timing = StageTimes(
+            decode_ms=(decoded - started) * 1e3,
+            preprocess_ms=(resized - decoded) * 1e3,
+            inference_ms=(inferred - resized) * 1e3,
+            postprocess_ms=(finished - inferred) * 1e3,
+            total_ms=(finished - started) * 1e3,
+        )
+        return dataclasses.replace(detection, timing=timing)
+
+    async def _run(self, function: Callable[..., T], *args: object) -> tuple[T, float]:
+        result = await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        return result, time.perf_counter()
+
+    def _decode(self, source: ImageSource) -> np.ndarray:
+        limits = self._limits
+        if source.raw is not None:
+            raw = source.raw
+            return imaging.raw_image(raw.data, raw.height, raw.width, raw.channels, raw.bgr, limits.max_pixels)
+        if source.path is not None:
+            path = imaging.resolve_path(limits.image_root, source.path)
+            return imaging.decode_image(imaging.read_image_file(path, limits.max_file_bytes), limits.max_pixels)
+        if source.encoded is not None:
+            return imaging.decode_image(source.encoded, limits.max_pixels)
+        raise InvalidInputError("the request has no image: set image.encoded, image.raw or image.path")
+
+
+def _check_threshold(threshold: float | None) -> float:
+    if threshold is None:
+        return 0.5
+    if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
+        raise InvalidInputError(f"threshold must be a number in [0, 1] on the normalised scale, got {threshold}")
+    return threshold
+
+
+def _to_batch(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    resized = imaging.resize_to_model(image, height, width)
+    return resized[np.newaxis]
+
+
+def _postprocess(
+    model: LoadedModel,
+    options: DetectOptions,
+    threshold: float,
+    image_size: tuple[int, int],
+    output: RawOutput,
+) -> Detection:
+    raw_map = output.anomaly_maps[0]
+    verdict = postprocess.verdict(float(output.scores[0]), model.calibration, threshold)
+    heat_png = mask_png = b""
+    regions: tuple[postprocess.Region, ...] = ()
+    if options.anomaly_map or options.mask or options.regions:
+        pixel_map = postprocess.normalized_pixel_map(raw_map, model.calibration)
+        size = image_size if options.original_size_maps else None
+        if options.anomaly_map:
+            heat_png = postprocess.heatmap_png(pixel_map, size)
+        if options.mask:
+            mask_png = postprocess.mask_png(pixel_map, threshold, size)
+        if options.regions:
+            regions = tuple(postprocess.find_regions(pixel_map, threshold, image_size))
+    return Detection(
+        model=model.name,
+        version=model.version,
+        verdict=verdict,
+        image_height=image_size[0],
+        image_width=image_size[1],
+        timing=StageTimes(0.0, 0.0, 0.0, 0.0, 0.0),
+        anomaly_map_png=heat_png,
+        mask_png=mask_png,
+        regions=regions,
+    )

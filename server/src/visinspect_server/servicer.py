@@ -1,0 +1,99 @@
+"""The gRPC servicer: converts messages to domain objects and back, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+
+import grpc
+
+from visinspect_api.v1 import inspection_pb2 as pb
+from visinspect_api.v1 import inspection_pb2_grpc as pb_grpc
+from visinspect_server import converters
+from visinspect_server.grpc_errors import status_of, unary_rpc
+from visinspect_server.observability import Metrics, new_request_id, request_id_var
+from visinspect_server.pipeline import Detection, InspectionPipeline
+from visinspect_server.registry import ModelRegistry
+
+_STAGES = ("decode", "preprocess", "inference", "postprocess")
+
+
+class InspectionServicer(pb_grpc.InspectionServiceServicer):
+    """visinspect.v1.InspectionService."""
+
+    def __init__(
+        self, pipeline: InspectionPipeline, registry: ModelRegistry, metrics: Metrics, stream_max_in_flight: int
+    ) -> None:
+        self.pipeline = pipeline
+        self.registry = registry
+        self.metrics = metrics
+        self.stream_max_in_flight = stream_max_in_flight
+
+    @unary_rpc
+    async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
+        return converters.detect_response(await self._detect(request), request_id_var.get())
+
+    async def DetectStream(
+        self, requests: AsyncIterator[pb.DetectRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DetectStreamResponse]:
+        # A bounded window of tasks: while it is full we await the oldest and yield it, so a client
+        # that stops reading stops us reading (no unbounded buffering), and responses keep their order.
+        window: collections.deque[tuple[str, asyncio.Task[Detection]]] = collections.deque()
+        try:
+            async for request in requests:
+                request_id = request.request_id or new_request_id()
+                window.append((request_id, asyncio.create_task(self._stream_item(request, request_id))))
+                if len(window) >= self.stream_max_in_flight:
+                    yield await self._stream_response(*window.popleft())
+            while window:
+                yield await self._stream_response(*window.popleft())
+        finally:
+            for _, task in window:
+                task.cancel()
+
+    @unary_rpc
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return converters.list_models_response(self.registry.loaded)
+
+    @unary_rpc
+    async def DescribeModel(
+        self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelDescription:
+        model = self.registry.resolve(request.model, request.model_version)
+        return converters.model_description(model.metadata, model.version)
+
+    async def _detect(self, request: pb.DetectRequest) -> Detection:
+        source, options = converters.detect_request(request)
+        detection = await self.pipeline.detect(source, options)
+        timing = detection.timing
+        for stage, ms in zip(
+            _STAGES, (timing.decode_ms, timing.preprocess_ms, timing.inference_ms, timing.postprocess_ms), strict=True
+        ):
+            self.metrics.stage.labels(stage).observe(ms / 1e3)
+        self.metrics.scores.labels(detection.model).observe(detection.verdict.score)
+        if detection.verdict.is_anomalous:
+            self.metrics.anomalies.labels(detection.model).inc()
+        return detection
+
+    async def _stream_item(self, request: pb.DetectRequest, request_id: str) -> Detection:
+        request_id_var.set(request_id)  # the task runs in a copy of the context: this id stays with it
+        return await self._detect(request)
+
+    async def _stream_response(self, request_id: str, task: asyncio.Task[Detection]) -> pb.DetectStreamResponse:
+        try:
+            detection = await task
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad item becomes an error item; the stream goes on
+            request_id_var.set(request_id)
+            code, message = status_of(exc)
+            self.metrics.requests.labels("DetectStream", code.name).inc()
+            return pb.DetectStreamResponse(
+                request_id=request_id, error=pb.StreamError(code=code.value[0], message=message)
+            )
+        self.metrics.requests.labels("DetectStream", grpc.StatusCode.OK.name).inc()
+        self.metrics.latency.labels("DetectStream").observe(detection.timing.total_ms / 1e3)
+        return pb.DetectStreamResponse(request_id=request_id, result=converters.detect_response(detection, request_id))

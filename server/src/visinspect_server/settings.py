@@ -1,0 +1,131 @@
+"""The server's one typed settings object, built in ``main()`` from flags and environment variables.
+
+Every flag ``--some-option`` can also be set with ``VISINSPECT_SOME_OPTION``; a flag wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
+ENV_PREFIX = "VISINSPECT_"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the server is configured with. Defaults suit one edge box."""
+
+    model_repository: Path
+    host: str = "0.0.0.0"  # noqa: S104 - a server for a factory network listens on all interfaces
+    port: int = 50051
+    metrics_port: int = 9090
+    models: tuple[str, ...] = ()
+    poll_interval_s: float = 5.0
+    versions_per_model: int = 2
+    performance_hint: PerformanceHint = "LATENCY"
+    cache_dir: Path = Path.home() / ".cache" / "visinspect" / "openvino"
+    image_root: Path | None = None
+    max_pixels: int = 40_000_000
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_file_bytes: int = 64 * 1024 * 1024
+    stream_max_in_flight: int = 4
+    workers: int = max(2, os.cpu_count() or 2)
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "port": 0 <= self.port <= 65535,
+            "metrics_port": 0 <= self.metrics_port <= 65535 or self.metrics_port == -1,
+            "poll_interval_s": self.poll_interval_s > 0,
+            "versions_per_model": self.versions_per_model >= 1,
+            "max_pixels": self.max_pixels >= 1,
+            "max_message_bytes": self.max_message_bytes >= 1024,
+            "max_file_bytes": self.max_file_bytes >= 1,
+            "stream_max_in_flight": self.stream_max_in_flight >= 1,
+            "workers": self.workers >= 1,
+            "shutdown_grace_s": self.shutdown_grace_s >= 0,
+            "performance_hint": self.performance_hint in ("LATENCY", "THROUGHPUT"),
+        }
+        wrong = [name for name, ok in checks.items() if not ok]
+        if wrong:
+            raise ValueError(f"invalid setting {wrong[0]}={getattr(self, wrong[0])!r}")
+
+
+_HELP = {
+    "model_repository": "OVMS-layout model repository to serve",
+    "host": "address to listen on",
+    "port": "gRPC port (0 picks a free one)",
+    "metrics_port": "Prometheus /metrics HTTP port (0 picks a free one, -1 disables)",
+    "models": "comma-separated model names to serve (default: every model in the repository)",
+    "poll_interval_s": "seconds between repository scans for new versions",
+    "versions_per_model": "newest versions kept loaded per model",
+    "performance_hint": "OpenVINO performance hint: LATENCY or THROUGHPUT",
+    "cache_dir": "OpenVINO compiled-model cache folder",
+    "image_root": "folder that path inputs are resolved under (path inputs are off without it)",
+    "max_pixels": "largest image accepted, in pixels (checked from the header, before decoding)",
+    "max_message_bytes": "largest gRPC message accepted",
+    "max_file_bytes": "largest file read for a path input",
+    "stream_max_in_flight": "requests processed at once per stream",
+    "workers": "threads for decoding and post-processing",
+    "shutdown_grace_s": "seconds in-flight requests get to finish on SIGTERM",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_json": "JSON log lines (true) or plain text (false)",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; defaults are resolved later, in :func:`settings_from`."""
+    for spec in fields(ServerSettings):
+        flag = "--" + spec.name.replace("_", "-")
+        parser.add_argument(flag, dest=spec.name, default=None, help=_HELP[spec.name])
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> ServerSettings:
+    """Merge flags over ``VISINSPECT_*`` environment variables over defaults, converting types."""
+    values: dict[str, object] = {}
+    for spec in fields(ServerSettings):
+        raw = getattr(args, spec.name, None)
+        if raw is None:
+            raw = environ.get(ENV_PREFIX + spec.name.upper())
+        if raw is None:
+            continue
+        values[spec.name] = _convert(spec.name, str(raw))
+    if "model_repository" not in values:
+        raise ValueError("--model-repository (or VISINSPECT_MODEL_REPOSITORY) is required")
+    return ServerSettings(**values)  # type: ignore[arg-type]
+
+
+def _convert(name: str, raw: str) -> object:  # noqa: PLR0911 - one return per setting type
+    default = ServerSettings.__dataclass_fields__[name].default
+    if name in ("model_repository", "cache_dir", "image_root"):
+        return Path(raw).expanduser()
+    if name == "models":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name == "performance_hint":
+        return raw.upper()
+    if isinstance(default, bool):
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"{name} must be true or false, got {raw!r}")
+        return raw.lower() in ("1", "true", "yes")
+    try:
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    return raw
+
+
+def parse(argv: Sequence[str] | None = None) -> ServerSettings:
+    """Parse ``serve`` flags (used by tests and the entry point)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return settings_from(parser.parse_args(argv))
