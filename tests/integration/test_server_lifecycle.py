@@ -14,11 +14,17 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from visinspect_api.model_repository import IR_BIN_FILENAME, IR_XML_FILENAME, METADATA_FILENAME, read_metadata, write_metadata
-from visinspect_api.v1 import inspection_pb2 as pb
-from visinspect_api.v1 import inspection_pb2_grpc
 
 from tests.server_harness import start_server
+from visinspect_api.model_repository import (
+    IR_BIN_FILENAME,
+    IR_XML_FILENAME,
+    METADATA_FILENAME,
+    read_metadata,
+    write_metadata,
+)
+from visinspect_api.v1 import inspection_pb2 as pb
+from visinspect_api.v1 import inspection_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -166,7 +172,9 @@ def test_sigterm_drains_in_flight_requests(repository: Path, synthetic_category:
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_internal_fault_gives_a_generic_message_and_the_server_survives(repository: Path, synthetic_category: Path, caplog) -> None:
+def test_internal_fault_gives_a_generic_message_and_the_server_survives(
+    repository: Path, synthetic_category: Path, caplog
+) -> None:
     from visinspect_server.app import InspectionServer, embedded_backend_factory
     from visinspect_server.settings import ServerSettings
 
@@ -198,7 +206,9 @@ def test_internal_fault_gives_a_generic_message_and_the_server_survives(reposito
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = inspection_pb2_grpc.InspectionServiceStub(channel)
             with pytest.raises(grpc.RpcError) as caught:
-                stub.Detect(pb.DetectRequest(request_id="boom", image=image_request(synthetic_category).image), timeout=30)
+                stub.Detect(
+                    pb.DetectRequest(request_id="boom", image=image_request(synthetic_category).image), timeout=30
+                )
             assert caught.value.code() == grpc.StatusCode.INTERNAL
             assert caught.value.details() == "internal error; the server log has the details (request id boom)"
             assert "simulated" not in caught.value.details()

@@ -441,12 +441,12 @@ def test_regions_are_ordered_by_area_then_peak_then_position() -> None:
     scores = np.zeros((64, 64), dtype=np.float32)
     scores[40:44, 40:44] = 0.6  # 16 px, peak 0.6, lower right
     scores[2:6, 50:54] = 0.6  # 16 px, peak 0.6, upper right
-    scores[2:6, 2:6] = 0.8  # 16 px, peak 0.8
+    scores[50:54, 2:6] = 0.8  # 16 px, peak 0.8, lowest of all: the peak outranks position
     scores[20:25, 20:25] = 0.55  # 25 px, lowest peak
     regions = find_regions(scores, 0.5, (64, 64))
     assert [(r.area, r.peak_score, r.y, r.x) for r in regions] == [
         (25, pytest.approx(0.55), 20, 20),
-        (16, pytest.approx(0.8), 2, 2),
+        (16, pytest.approx(0.8), 50, 2),
         (16, pytest.approx(0.6), 2, 50),
         (16, pytest.approx(0.6), 40, 40),
     ]

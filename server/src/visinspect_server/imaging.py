@@ -5,8 +5,13 @@ Decoding policy, the same for every request path:
 * Formats: PNG, JPEG, BMP, TIFF and GIF, recognised by their signature. Anything else is refused,
   because its size could not be checked before decoding.
 * Pixel budget: Pillow reads only the header (no pixel data) and the declared width x height is
-  checked against ``max_pixels`` before OpenCV decodes anything. Pillow's own decompression-bomb
-  limit is not used: the header readers are called directly, so our budget is the one that applies.
+  checked against ``max_pixels`` before anything is decoded. Pillow's header readers are called
+  directly, so Pillow's own decompression-bomb limit (a warning past ~89 M pixels, an error past
+  ~179 M) does not replace ours.
+* Decoding is OpenCV's (``IMREAD_UNCHANGED``, then one ``cvtColor``), except two cases Pillow decodes
+  so that pixels match what training (Pillow) sees: TIFFs with alpha, because OpenCV's libtiff RGBA
+  path premultiplies unassociated alpha, and GIF, because OpenCV (4.11+; older builds cannot read GIF
+  at all) paints transparent pixels with the background colour instead of their palette colour.
 * Multi-frame files (animated GIF, multi-page TIFF): only the first frame or page is used.
 * 16-bit samples become 8-bit by keeping the high byte (``v >> 8``, i.e. ``floor(v / 256)``), as
   libpng's ``strip_16`` and Pillow's 16-bit RGB PNG reader do. It is not ``round(v / 257)``:
@@ -85,25 +90,21 @@ _SUPPORTED = "PNG, JPEG, BMP, TIFF or GIF"
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Encoded PNG/JPEG/BMP/TIFF (8 or 16 bit; grey, grey+alpha, RGB, RGBA, palette; CMYK JPEG) -> HxWx3 uint8 RGB.
 
-    GIF is accepted too; multi-frame files give their first frame. The returned array is new and
-    C-contiguous. Raises InvalidInputError for undecodable data and ResourceExhaustedError, before
-    decoding, when the header declares more than ``max_pixels`` pixels.
+    GIF is accepted too; multi-frame files give their first frame; EXIF orientation is not applied.
+    The returned array is new and C-contiguous. Raises InvalidInputError for undecodable data and
+    ResourceExhaustedError, before decoding, when the header declares more than ``max_pixels`` pixels.
     """
     if not data:
         raise InvalidInputError("cannot decode the image: it is empty; send the bytes of an image file")
     image_format = _sniff_format(data)
     width, height, mode = _read_header(data, image_format, max_pixels)
     _check_budget(width, height, max_pixels)
-    if image_format == "TIFF" and mode in _ALPHA_MODES:
-        # OpenCV reads 8-bit TIFFs through libtiff's RGBA interface, which premultiplies unassociated
-        # alpha (composites onto black); Pillow keeps the colours, as training does.
-        return _pillow_first_frame(data, image_format, max_pixels)
+    if image_format == "GIF" or (image_format == "TIFF" and mode in _ALPHA_MODES):
+        return _pillow_first_frame(data, image_format, max_pixels)  # see the module docstring
     try:
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
         decoded = None
-    if decoded is None and image_format == "GIF":
-        return _pillow_first_frame(data, image_format, max_pixels)  # OpenCV before 4.11 has no GIF decoder
     if decoded is None:
         raise InvalidInputError(_corrupt(image_format))
     _check_budget(decoded.shape[1], decoded.shape[0], max_pixels)  # in case a decoder disagrees with its header
@@ -149,32 +150,31 @@ def resolve_path(root: Path | None, requested: str) -> Path:
         raise InvalidInputError("the image path is empty; send a path relative to the image root")
     if "\x00" in requested:
         raise InvalidInputError("the image path contains a NUL character; send a plain file path")
+    shown = _shown(requested)
     base = root.resolve()
     try:
         target = (base / requested).resolve()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
         raise InvalidInputError(
-            f"the image path {requested!r} cannot be resolved (a symlink loop?); send the path of an image file"
+            f"the image path {shown} cannot be resolved (a symlink loop?); send the path of an image file"
         ) from exc
     if not target.is_relative_to(base):
         # Never name the resolved target: it would tell the caller about files outside the root.
         raise PermissionDeniedError(
-            f"the image path {requested!r} is outside the image root; send a path inside the image root"
+            f"the image path {shown} is outside the image root; send a path inside the image root"
         )
     try:
         mode = target.stat().st_mode
     except (FileNotFoundError, NotADirectoryError) as exc:
-        raise NotFoundError(f"there is no file {requested!r} under the image root; check the path") from exc
+        raise NotFoundError(f"there is no file {shown} under the image root; check the path") from exc
     except PermissionError as exc:
-        raise PermissionDeniedError(
-            f"the server is not allowed to read {requested!r}; fix the file's permissions"
-        ) from exc
+        raise PermissionDeniedError(f"the server is not allowed to read {shown}; fix the file's permissions") from exc
     except OSError as exc:
-        raise InvalidInputError(f"the image path {requested!r} cannot be read ({exc.strerror}); check it") from exc
+        raise InvalidInputError(f"the image path {shown} cannot be read ({exc.strerror}); check it") from exc
     if stat.S_ISDIR(mode):
-        raise InvalidInputError(f"{requested!r} is a directory; send the path of an image file")
+        raise InvalidInputError(f"{shown} is a directory; send the path of an image file")
     if not stat.S_ISREG(mode):
-        raise InvalidInputError(f"{requested!r} is not a regular file; send the path of an image file")
+        raise InvalidInputError(f"{shown} is not a regular file; send the path of an image file")
     return target
 
 
@@ -246,7 +246,9 @@ def _read_header(data: bytes, image_format: str, max_pixels: int) -> tuple[int, 
 
 def _check_budget(width: int, height: int, max_pixels: int) -> None:
     if width < 1 or height < 1:
-        raise InvalidInputError(f"cannot decode the image: it declares a size of {width}x{height} pixels")
+        raise InvalidInputError(
+            f"cannot decode the image: it declares a size of {width}x{height} pixels; send a non-empty image"
+        )
     if width * height > max_pixels:
         raise ResourceExhaustedError(
             f"the image is {width}x{height} = {width * height:,} pixels, over the server's budget of "
@@ -269,7 +271,7 @@ def _to_rgb8(decoded: np.ndarray) -> np.ndarray:
 
 
 def _pillow_first_frame(data: bytes, image_format: str, max_pixels: int) -> np.ndarray:
-    """Decode the first frame with Pillow (8-bit modes only reach here) and drop any alpha."""
+    """Decode the first frame with Pillow and drop any alpha (Pillow keeps the high byte of 16-bit RGBA)."""
     try:
         with _HEADER_READERS[image_format](io.BytesIO(data)) as image:
             return np.array(image.convert("RGB"))
@@ -285,6 +287,11 @@ def _corrupt(image_format: str) -> str:
 
 def _bomb(max_pixels: int) -> str:
     return f"the image is larger than the server's budget of {max_pixels:,} pixels; send a smaller image"
+
+
+def _shown(requested: str) -> str:
+    """The requested path as quoted in messages, cut short so a huge request does not make a huge message."""
+    return repr(requested if len(requested) <= 200 else requested[:200] + "...")
 
 
 def _too_many_bytes(name: str, size: int, max_bytes: int) -> str:
