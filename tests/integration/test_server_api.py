@@ -302,3 +302,54 @@ def test_metrics_endpoint(served, synthetic_category) -> None:
     assert 'visinspect_stage_seconds_bucket{le="0.005",stage="decode"}' in text
     assert 'visinspect_score_count{model="brick"}' in text
     assert 'visinspect_model_versions_loaded{model="brick"} 1.0' in text
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares a huge image over a tiny body: a decompression bomb's shape."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bomb_is_refused_before_decoding(served) -> None:
+    expect_error(
+        served,
+        pb.DetectRequest(image=pb.ImageInput(encoded=png_declaring(50000, 50000))),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "pixels",
+    )
+    assert served.health() == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_stream_flow_control_bounds_what_the_server_reads(served) -> None:
+    rng = np.random.default_rng(0)
+    noise = cv2.imencode(".png", rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8))[1].tobytes()
+    extras = pb.Extras(anomaly_map=True, mask=True, map_size=pb.MAP_SIZE_ORIGINAL)
+    total = 40
+    pulled = 0
+
+    def requests():
+        nonlocal pulled
+        for index in range(total):
+            pulled += 1
+            yield pb.DetectRequest(request_id=str(index), image=pb.ImageInput(encoded=noise), extras=extras)
+
+    with served.channel() as channel:
+        responses = served.stub(channel).DetectStream(requests(), timeout=120)
+        import time
+
+        time.sleep(4.0)  # the client reads nothing: the server must stop taking requests
+        stalled_at = pulled
+        received = [r.request_id for r in responses]
+    assert stalled_at < total, "the server kept consuming requests although nobody read its responses"
+    assert received == [str(i) for i in range(total)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import resource
@@ -31,7 +32,7 @@ except ImportError:  # the seeded fuzz below still runs
     given = None
 
 BUDGET = 40_000_000
-SKIMAGE_DATA = Path(__import__("importlib.util").util.find_spec("skimage").origin).parent / "data"
+SKIMAGE_DATA = Path(importlib.util.find_spec("skimage").origin).parent / "data"  # ships sample GIF/TIFF files
 BOTTLE = (
     Path(__file__).resolve().parents[3] / "shared" / "datasets" / "mvtec_ad" / "bottle" / "test" / "good" / "000.png"
 )
@@ -366,8 +367,10 @@ def test_extreme_shapes_decode_and_resize(height: int, width: int) -> None:
 
 
 def test_decoded_arrays_are_new_and_writable() -> None:
-    decoded = decode_image(cv2_encode(rgb_pattern(), ".png"), BUDGET)
-    assert (decoded.flags.writeable and decoded.flags.owndata) or decoded.base is not None
+    data = cv2_encode(rgb_pattern()[..., ::-1], ".bmp")
+    decoded = decode_image(data, BUDGET)
+    assert decoded.flags.writeable
+    assert not np.shares_memory(decoded, np.frombuffer(data, np.uint8))
 
 
 # --------------------------------------------------------------------------- decoding refusals
@@ -826,15 +829,6 @@ def test_read_missing_and_broken_symlink_are_not_found(image_root: Path) -> None
 def test_read_directory_is_invalid_input(image_root: Path) -> None:
     with pytest.raises(InvalidInputError, match="is a directory"):
         read_image_file(image_root / "sub", 100)
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode; the simulated case below runs")
-def test_read_unreadable_file_is_permission_denied(image_root: Path) -> None:
-    path = image_root / "locked.png"
-    path.write_bytes(b"x")
-    path.chmod(0)
-    with pytest.raises(PermissionDeniedError, match="not allowed to read 'locked.png'"):
-        read_image_file(path, 100)
 
 
 def test_read_permission_error_is_permission_denied(image_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,6 +40,11 @@ def anomalib_normalize(raw: np.ndarray, threshold: float, minimum: float, maximu
     return out.numpy()
 
 
+def f32(value: float) -> float:
+    """The float32 nearest to ``value``, as a Python float (what a float32 map stores)."""
+    return float(np.float32(value))
+
+
 def decode(png: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(png, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     assert image is not None
@@ -393,7 +398,6 @@ def two_blob_map() -> np.ndarray:
 
 def test_two_blobs_give_two_regions_in_original_pixels() -> None:
     regions = find_regions(two_blob_map(), 0.5, original_size=(600, 900))  # height 600, width 900
-    f32 = lambda v: float(np.float32(v))  # noqa: E731
     # Scales: x 900/256 = 3.515625, y 600/256 = 2.34375, area 8.23974609375.
     # Big: cols 20:84 → 70.3125:295.3125 → 70:296; rows 10:42 → 23.4375:98.4375 → 23:99; 2048 px → 16875.
     # Small: cols 200:216 → 703.125:759.375 → 703:760; rows 150:166 → 351.5625:389.0625 → 351:390;
@@ -479,3 +483,22 @@ def test_regions_use_the_normalised_threshold() -> None:
     assert len(find_regions(scores, 0.7, (256, 256))) == 1  # 0.7 is not above 0.7
     assert len(find_regions(scores, 0.95, (256, 256))) == 0
     assert len(find_regions(scores, 0.0, (256, 256))) == 1  # everything, one component
+
+
+def test_regions_at_the_most_components_a_model_size_map_can_have() -> None:
+    scores = np.zeros((256, 256), dtype=np.float32)
+    scores[::2, ::2] = 0.9  # isolated pixels: 128 x 128 components (16-bit labels)
+    regions = find_regions(scores, 0.5, (256, 256))
+    assert len(regions) == 128 * 128
+    assert regions[0] == Region(x=0, y=0, width=1, height=1, area=1, peak_score=f32(0.9), mean_score=f32(0.9))
+    assert regions[-1] == Region(x=254, y=254, width=1, height=1, area=1, peak_score=f32(0.9), mean_score=f32(0.9))
+
+
+def test_regions_on_a_map_too_large_for_16_bit_labels() -> None:
+    scores = np.zeros((520, 520), dtype=np.float32)
+    scores[500:510, 0:20] = 0.8
+    scores[0:5, 510:520] = 0.9
+    assert find_regions(scores, 0.5, (520, 520)) == [
+        Region(x=0, y=500, width=20, height=10, area=200, peak_score=f32(0.8), mean_score=pytest.approx(f32(0.8))),
+        Region(x=510, y=0, width=10, height=5, area=50, peak_score=f32(0.9), mean_score=pytest.approx(f32(0.9))),
+    ]

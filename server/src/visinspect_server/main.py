@@ -29,9 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(settings: ServerSettings) -> None:
     """Run the server until a termination signal, then drain it."""
     from visinspect_server.app import InspectionServer  # noqa: PLC0415 - keep --help free of OpenVINO
-    from visinspect_server.observability import configure_logging  # noqa: PLC0415
+    from visinspect_server.observability import configure_logging, quiet_native_decoders  # noqa: PLC0415
 
     configure_logging(settings.log_level, settings.log_json)
+    quiet_native_decoders()
     server = InspectionServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -55,6 +55,13 @@ def configure_logging(level: str, as_json: bool) -> None:
     root.setLevel(level.upper())
 
 
+def quiet_native_decoders() -> None:
+    """OpenCV, libpng and libtiff warn on stderr for every bad image a client sends; errors still show."""
+    import cv2  # noqa: PLC0415
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 class Metrics:
     """The server's Prometheus metrics, in a registry of their own."""
 
