@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with Python 3.11 and pip:
-#   make demo   train + export + evaluate on the built-in synthetic dataset (offline)
+#   make demo   synthetic dataset -> train -> export -> serve -> score with the CLI (offline)
 #   make test   lint and the whole test suite (what CI runs)
 PYTHON ?= python3.11
 VENV   := .venv
@@ -14,11 +14,12 @@ $(STAMP): proto/pyproject.toml training/pyproject.toml server/pyproject.toml cli
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 \
-		-e proto -e training -e server -e client -r requirements-dev.txt
+		-e proto -e training -e server -e 'client[cli]' -r requirements-dev.txt
 	touch $@
 
+# DATASET=mvtec CATEGORY=bottle trains on MVTec AD instead (downloaded where the network allows).
 demo: install
-	$(BIN)/visinspect-train run --dataset synthetic --category brick --repository model_repository
+	$(BIN)/python scripts/demo.py
 
 lint: install
 	$(BIN)/ruff check .
@@ -28,4 +29,4 @@ test: lint
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) runs data
+	rm -rf $(VENV) runs data demo-output

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+
 from visinspect_api.v1 import inspection_pb2_grpc
 from visinspect_server.local import LocalServer
 

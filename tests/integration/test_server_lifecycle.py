@@ -11,7 +11,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 
@@ -170,6 +172,23 @@ def test_sigterm_drains_in_flight_requests(repository: Path, synthetic_category:
     with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
         server.stub(channel).Detect(request, timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_sigterm_while_clients_cancel_exits_cleanly(repository: Path, synthetic_category: Path) -> None:
+    server = start_server(repository, ["--performance-hint", "THROUGHPUT"])
+    noise = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    request = pb.DetectRequest(image=pb.ImageInput(encoded=cv2.imencode(".png", noise)[1].tobytes()))
+    request.extras.CopyFrom(pb.Extras(anomaly_map=True, mask=True, map_size=pb.MAP_SIZE_ORIGINAL))
+    with server.channel() as channel:
+        stub = server.stub(channel)
+        futures = [stub.Detect.future(request, timeout=60) for _ in range(32)]
+        time.sleep(0.3)
+        for future in futures[::2]:
+            future.cancel()
+        server.process.send_signal(15)
+        kept = [future.result() for future in futures[1::2]]
+    assert all(r.model == "brick" for r in kept)
+    assert server.process.wait(30) == 0
 
 
 def test_internal_fault_gives_a_generic_message_and_the_server_survives(

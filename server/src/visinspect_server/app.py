@@ -96,7 +96,12 @@ class InspectionServer:
                 await self._poller
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace_s)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # Work of cancelled calls may still run in threads and in OpenVINO's callbacks: let it end
+        # before the interpreter does, or native code aborts the process at exit.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        for versions in self.registry.loaded.values():
+            for model in versions.values():
+                await asyncio.to_thread(model.backend.close)
         log.info("stopped")
 
     async def wait(self) -> None:

@@ -8,7 +8,7 @@
 
 from visinspect_training.data import DatasetSpec
 from visinspect_training.errors import ConfigError, DatasetError, RepositoryError, TrainingError, WeightsError
-from visinspect_training.evaluate import evaluate_ir
+from visinspect_training.evaluate import SplitPredictions, evaluate_ir, predict_test_split
 from visinspect_training.export import ExportOptions, ExportResult, export_run
 from visinspect_training.synthetic import SyntheticSpec, generate_synthetic_dataset
 from visinspect_training.train import TrainConfig, TrainedRun, load_run, train
@@ -21,6 +21,7 @@ __all__ = [
     "ExportOptions",
     "ExportResult",
     "RepositoryError",
+    "SplitPredictions",
     "SyntheticSpec",
     "TrainConfig",
     "TrainedRun",
@@ -31,5 +32,6 @@ __all__ = [
     "export_run",
     "generate_synthetic_dataset",
     "load_run",
+    "predict_test_split",
     "train",
 ]

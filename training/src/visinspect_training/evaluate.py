@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +21,24 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Collected:
-    scores: list[np.ndarray]
-    labels: list[np.ndarray]
-    maps: list[np.ndarray]
-    masks: list[np.ndarray]
-    torch_scores: list[np.ndarray]
+    paths: list[str] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    all_maps: list[np.ndarray] = field(default_factory=list)
+    maps: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    torch_scores: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SplitPredictions:
+    """Per-image results of the IR on the test split (for plots and error analysis)."""
+
+    paths: tuple[str, ...]
+    labels: np.ndarray  # bool [N], True = anomalous
+    raw_scores: np.ndarray  # float32 [N]
+    scores: np.ndarray  # normalised [N], 0.5 at the calibrated threshold
+    anomaly_maps: np.ndarray  # raw float32 [N, H, W]
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -57,22 +70,51 @@ def evaluate_ir(
     padim: PadimModel | None = None,
 ) -> Evaluation:
     """Score the test split with the IR; compare with the torch model on identical inputs when given."""
+    return _summarise(_collect(xml_path, config, precision, padim), calibration, precision)
+
+
+def predict_test_split(
+    xml_path: Path, config: TrainConfig, calibration: Calibration, precision: InferencePrecisionName
+) -> SplitPredictions:
+    """Every test image's raw and normalised score and raw anomaly map, from the IR."""
+    got = _collect(xml_path, config, precision, None, keep_maps=True)
+    raw = np.concatenate(got.scores)
+    value_range = calibration.image_max - calibration.image_min
+    return SplitPredictions(
+        paths=tuple(got.paths),
+        labels=np.concatenate(got.labels),
+        raw_scores=raw,
+        scores=np.clip((raw - calibration.image_threshold) / value_range + 0.5, 0.0, 1.0),
+        anomaly_maps=np.concatenate(got.all_maps),
+    )
+
+
+def _collect(
+    xml_path: Path,
+    config: TrainConfig,
+    precision: InferencePrecisionName,
+    padim: PadimModel | None,
+    keep_maps: bool = False,
+) -> _Collected:
     size = (config.image_size, config.image_size)
     datamodule = build_datamodule(config.dataset, size, config.batch_size, config.num_workers)
     compiled = compile_ir(xml_path, precision)
     wrapper = RawPadim(padim) if padim is not None else None
-    got = _Collected([], [], [], [], [])
+    got = _Collected()
     for batch in datamodule.test_dataloader():
         images = _to_uint8_nhwc(batch.image)
         maps, scores = infer(compiled, images)
+        got.paths.extend(str(path) for path in batch.image_path)
         got.scores.append(scores)
         got.labels.append(batch.gt_label.numpy().astype(bool))
+        if keep_maps:
+            got.all_maps.append(maps)
         if batch.gt_mask is not None:
             got.maps.append(maps)
             got.masks.append(batch.gt_mask.numpy().reshape(maps.shape).astype(bool))
         if wrapper is not None:
             got.torch_scores.append(torch_infer(wrapper, images))
-    return _summarise(got, calibration, precision)
+    return got
 
 
 def _to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
