@@ -1,0 +1,202 @@
+"""The asyncio client: :class:`InspectionClient`'s methods as coroutines, on a ``grpc.aio`` channel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Self, TypeVar, Unpack
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from visinspect_api.v1 import inspection_pb2 as pb
+from visinspect_api.v1 import inspection_pb2_grpc as pb_grpc
+from visinspect_client._protocol import (
+    DetectKwargs,
+    DetectOptions,
+    MapSize,
+    detect_request,
+    detection_result,
+    model_details,
+    model_infos,
+    split_options,
+)
+from visinspect_client._streaming import Outcome, StreamLedger
+from visinspect_client.client import DEFAULT_RETRY, SERVICE_UNKNOWN
+from visinspect_client.connection import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_TARGET,
+    RetryPolicy,
+    TlsConfig,
+    channel_credentials,
+    channel_options,
+    plaintext_metadata,
+)
+from visinspect_client.errors import VisInspectError, from_rpc_error
+from visinspect_client.inputs import ImageLike, describe
+from visinspect_client.results import DetectionFailure, DetectionResult, ModelDetails, ModelInfo
+
+Response = TypeVar("Response")
+
+
+class AsyncInspectionClient:
+    """The asyncio client; same arguments and methods as :class:`~visinspect_client.InspectionClient`.
+
+    Create it inside a running event loop (``async with AsyncInspectionClient(...) as client:``).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        options = channel_options(retry, max_message_bytes, tls)
+        credentials = channel_credentials(tls, token)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self._metadata = plaintext_metadata(tls, token)
+        self._stub = pb_grpc.InspectionServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel (pending calls are cancelled)."""
+        await self._channel.close()
+
+    async def detect(
+        self,
+        image: ImageLike,
+        *,
+        model: str = "",
+        version: int = 0,
+        threshold: float | None = None,
+        anomaly_map: bool = False,
+        mask: bool = False,
+        regions: bool = False,
+        map_size: MapSize = "model",
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> DetectionResult:
+        """Score one image (see :meth:`InspectionClient.detect`)."""
+        options = DetectOptions(model, version, threshold, anomaly_map, mask, regions, map_size)
+        return await self._detect(detect_request(image, options, request_id), timeout)
+
+    async def detect_many(
+        self,
+        images: Iterable[ImageLike],
+        *,
+        concurrency: int = 4,
+        **detect_options: Unpack[DetectKwargs],
+    ) -> list[Outcome]:
+        """Score many images, at most ``concurrency`` in flight (an asyncio.Semaphore); results in input order,
+        per-image failures as :class:`DetectionFailure`."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        options, request_id, timeout = split_options(detect_options)
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(index: int, image: ImageLike) -> Outcome:
+            async with semaphore:
+                try:
+                    request = detect_request(image, options, f"{request_id}-{index}" if request_id else "")
+                    return await self._detect(request, timeout)
+                except VisInspectError as exc:
+                    return DetectionFailure(index, describe(image), exc)
+
+        return list(await asyncio.gather(*(one(index, image) for index, image in enumerate(images))))
+
+    async def stream(
+        self, images: Iterable[ImageLike] | AsyncIterable[ImageLike], **detect_options: Unpack[DetectKwargs]
+    ) -> AsyncIterator[Outcome]:
+        """Score a stream of images over one DetectStream call (see :meth:`InspectionClient.stream`);
+        ``images`` may be an async iterable (a camera's frames)."""
+        options, request_id, timeout = split_options(detect_options)
+        ledger = StreamLedger(options, self.target, request_id)
+        stopped: list[BaseException] = []
+
+        async def requests() -> AsyncIterator[pb.DetectRequest]:
+            try:
+                index = 0
+                async for image in _aiter(images):
+                    request = ledger.request(index, image)
+                    index += 1
+                    if request is not None:
+                        yield request
+            except Exception as exc:  # noqa: BLE001 - re-raised to the caller once the stream ends
+                stopped.append(exc)
+
+        call = self._stub.DetectStream(requests(), timeout=timeout, metadata=self._metadata)
+        try:
+            async for response in call:
+                for outcome in ledger.answer(response):
+                    yield outcome
+            for outcome in ledger.finish():
+                yield outcome
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, self.target, timeout) from exc
+        finally:
+            call.cancel()
+        if stopped:
+            raise stopped[0]
+
+    async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The served models and their loaded versions."""
+        return model_infos(await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout))
+
+    async def model(self, name: str = "", version: int = 0, *, timeout: float | None = None) -> ModelDetails:
+        """One model version's details."""
+        request = pb.DescribeModelRequest(model=name, model_version=version)
+        return model_details(await self._call(self._stub.DescribeModel, request, timeout))
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The grpc.health.v1 status of ``service``: "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN"."""
+        deadline = self.timeout if timeout is None else timeout
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            response = await self._health.Check(request, timeout=deadline, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return SERVICE_UNKNOWN
+            raise from_rpc_error(exc, self.target, deadline) from exc
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    async def _detect(self, request: pb.DetectRequest, timeout: float | None) -> DetectionResult:
+        started = time.perf_counter()
+        response = await self._call(self._stub.Detect, request, timeout)
+        return detection_result(response, (time.perf_counter() - started) * 1e3)
+
+    async def _call(
+        self, method: Callable[..., Awaitable[Response]], request: object, timeout: float | None
+    ) -> Response:
+        deadline = self.timeout if timeout is None else timeout
+        try:
+            return await method(request, timeout=deadline, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, self.target, deadline) from exc
+
+
+async def _aiter(images: Iterable[ImageLike] | AsyncIterable[ImageLike]) -> AsyncIterator[ImageLike]:
+    if isinstance(images, AsyncIterable):
+        async for image in images:
+            yield image
+    else:
+        for image in images:
+            yield image

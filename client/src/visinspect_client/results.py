@@ -1,0 +1,179 @@
+"""What the SDK returns: immutable dataclasses, free of gRPC types."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from visinspect_client import overlay as _overlay
+from visinspect_client.errors import VisInspectError
+
+if TYPE_CHECKING:
+    from visinspect_client.inputs import ImageLike
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected defect region: its box and area in original-image pixels, normalised pixel scores."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    area: int
+    peak_score: float
+    mean_score: float
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Server-side time per stage, in milliseconds."""
+
+    decode_ms: float
+    preprocess_ms: float
+    inference_ms: float
+    postprocess_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    """One image's verdict.
+
+    ``score`` is normalised to [0, 1] with 0.5 at the model's calibrated threshold; ``confidence`` is in
+    [0.5, 1]. ``anomaly_map`` (HxWx3 uint8 RGB jet heat map) and ``mask`` (HxW bool) are present only when
+    requested, at the model's or the original size (``map_size``); ``regions`` are in original-image pixels,
+    largest first. ``latency_ms`` is the round trip measured by the client.
+    """
+
+    request_id: str
+    is_anomalous: bool
+    score: float
+    confidence: float
+    raw_score: float
+    threshold: float
+    model: str
+    version: int
+    regions: tuple[Region, ...]
+    image_width: int
+    image_height: int
+    timing: Timing
+    anomaly_map: np.ndarray | None = field(default=None, repr=False, compare=False)
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    latency_ms: float = field(default=0.0, compare=False)
+
+    @property
+    def verdict(self) -> str:
+        """``"anomalous"`` or ``"normal"``."""
+        return "anomalous" if self.is_anomalous else "normal"
+
+    def overlay(self, image: ImageLike, alpha: float = 0.45) -> np.ndarray:
+        """The heat map blended on ``image`` at the image's size, region boxes outlined (HxWx3 uint8 RGB).
+
+        Needs a result requested with ``anomaly_map=True`` (and ``regions=True`` for the boxes) and the
+        ``images`` extra. ``image`` is the picture that was scored: a local path, bytes, an array or a PIL image.
+        """
+        if self.anomaly_map is None:
+            raise ValueError("this result has no anomaly map: call detect(..., anomaly_map=True) to draw overlays")
+        rgb = _overlay.load_rgb(image)
+        return _overlay.render(rgb, self.anomaly_map, self.regions, (self.image_height, self.image_width), alpha)
+
+    def save_overlay(self, image: ImageLike, path: str | os.PathLike[str], alpha: float = 0.45) -> None:
+        """Write :meth:`overlay` as a PNG file."""
+        _overlay.save_png(self.overlay(image, alpha), path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of the fields but the arrays (``has_anomaly_map``, ``has_mask`` tell if present)."""
+        data = {name: value for name, value in asdict_shallow(self).items() if name not in ("anomaly_map", "mask")}
+        data["regions"] = [asdict(region) for region in self.regions]
+        data["timing"] = asdict(self.timing)
+        data["verdict"] = self.verdict
+        data["has_anomaly_map"] = self.anomaly_map is not None
+        data["has_mask"] = self.mask is not None
+        return data
+
+
+@dataclass(frozen=True)
+class DetectionFailure:
+    """An image of a batch or stream that could not be scored; the others still were."""
+
+    index: int
+    image_label: str
+    error: VisInspectError
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict: index, label, status name and message."""
+        return {
+            "index": self.index,
+            "image_label": self.image_label,
+            "code": self.error.code.name,
+            "error": str(self.error),
+        }
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A served model: its loaded versions (ascending) and the one used when a request names none."""
+
+    name: str
+    versions: tuple[int, ...]
+    default_version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return {"name": self.name, "versions": list(self.versions), "default_version": self.default_version}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Raw-score calibration fitted on validation data (raw thresholds are normalised to 0.5)."""
+
+    image_threshold: float
+    pixel_threshold: float
+    image_min: float
+    image_max: float
+    pixel_min: float
+    pixel_max: float
+    source: str
+    overlaps_test: bool
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    """One model version: input contract, calibration, backbone, evaluation metrics (None when absent)."""
+
+    name: str
+    version: int
+    architecture: str
+    input_height: int
+    input_width: int
+    calibration: Calibration
+    default_threshold: float
+    backbone: str
+    layers: tuple[str, ...]
+    n_features: int
+    weights: str
+    inference_precision: str
+    ir_precision: str
+    dataset: str
+    created_at: str
+    image_auroc: float | None = None
+    image_f1: float | None = None
+    pixel_auroc: float | None = None
+    evaluated_images: int | None = None
+    evaluation_notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        data["evaluation_notes"] = list(self.evaluation_notes)
+        return data
+
+
+def asdict_shallow(instance: object) -> dict[str, Any]:
+    """A dataclass's fields without recursing or copying arrays (``dataclasses.asdict`` deep-copies them)."""
+    return {name: getattr(instance, name) for name in instance.__dataclass_fields__}  # type: ignore[attr-defined]
