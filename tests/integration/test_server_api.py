@@ -353,3 +353,28 @@ def test_stream_flow_control_bounds_what_the_server_reads(served) -> None:
         received = [r.request_id for r in responses]
     assert stalled_at < total, "the server kept consuming requests although nobody read its responses"
     assert received == [str(i) for i in range(total)]
+
+
+def test_health_command_for_container_checks(served) -> None:
+    import subprocess
+    import sys
+
+    ok = subprocess.run(
+        [sys.executable, "-m", "visinspect_server.main", "health", "--address", served.address],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    unknown = subprocess.run(
+        [sys.executable, "-m", "visinspect_server.main", "health", "--address", served.address, "--service", "model/nope"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    down = subprocess.run(
+        [sys.executable, "-m", "visinspect_server.main", "health", "--address", "127.0.0.1:9", "--timeout-s", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING")
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+    assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
