@@ -5,16 +5,25 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# A separate environment for the KServe v2 model server that stands in for OVMS in tests
+# (kserve and tritonclient.grpc cannot share a process, and kserve pins older packages).
+KVENV  := .venv-kserve
+KSTAMP := $(KVENV)/.installed
 
 .PHONY: install demo test lint clean
 
-install: $(STAMP)
+install: $(STAMP) $(KSTAMP)
 
 $(STAMP): proto/pyproject.toml training/pyproject.toml server/pyproject.toml client/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 \
 		-e proto -e training -e server -e 'client[cli]' -r requirements-dev.txt
+	touch $@
+
+$(KSTAMP):
+	$(PYTHON) -m venv $(KVENV)
+	$(KVENV)/bin/pip install --quiet "kserve==0.21.0" "openvino==2026.4.*" numpy
 	touch $@
 
 # DATASET=mvtec CATEGORY=bottle trains on MVTec AD instead (downloaded where the network allows).
@@ -29,4 +38,4 @@ test: lint
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) runs data demo-output
+	rm -rf $(VENV) $(KVENV) runs data demo-output

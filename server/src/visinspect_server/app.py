@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 import openvino as ov
@@ -21,10 +23,14 @@ from visinspect_server.registry import BackendFactory, Loaded, ModelRegistry
 from visinspect_server.servicer import InspectionServicer
 from visinspect_server.settings import ServerSettings
 
+if TYPE_CHECKING:
+    from visinspect_server.kserve_backend import KServeConnection
+
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = inspection_pb2.DESCRIPTOR.services_by_name["InspectionService"].full_name
 MODEL_HEALTH_PREFIX = "model/"  # per-model health: service name "model/<name>"
+BACKEND_CHECK_INTERVAL_S = 1.0  # longest time between two readiness checks of a remote model server
 
 
 def embedded_backend_factory(settings: ServerSettings) -> BackendFactory:
@@ -34,6 +40,14 @@ def embedded_backend_factory(settings: ServerSettings) -> BackendFactory:
     return lambda folder, metadata: OpenVINOBackend(folder, metadata, options, core)
 
 
+def kserve_connection(settings: ServerSettings) -> KServeConnection:
+    """The shared channel to a KServe v2 gRPC model server (OVMS, Triton, KServe)."""
+    from visinspect_server.kserve_backend import KServeConnection, KServeOptions  # noqa: PLC0415 - optional
+
+    options = KServeOptions(settings.ovms_address, settings.ovms_timeout_s, settings.max_message_bytes)
+    return KServeConnection(options)
+
+
 class InspectionServer:
     """The running service. ``start`` binds and begins loading models; ``stop`` drains gracefully."""
 
@@ -41,9 +55,15 @@ class InspectionServer:
         self.settings = settings
         self.metrics = Metrics()
         self.health = HealthServicer()
+        self.connection = kserve_connection(settings) if settings.backend == "kserve" else None
+        if backend_factory is None:
+            if self.connection is not None:
+                backend_factory = self.connection.backend_factory()
+            else:
+                backend_factory = embedded_backend_factory(settings)
         self.registry = ModelRegistry(
             settings.model_repository,
-            backend_factory or embedded_backend_factory(settings),
+            backend_factory,
             versions_per_model=settings.versions_per_model,
             only_models=settings.models,
             on_change=self._on_models_changed,
@@ -60,6 +80,9 @@ class InspectionServer:
         self._server: grpc.aio.Server | None = None
         self._poller: asyncio.Task[None] | None = None
         self._served_models: set[str] = set()
+        self._backend_ready = True  # the embedded backend is always ready; a model server is probed
+        self._models_ready: dict[str, bool] = {}
+        self._published: dict[str, int] = {}
         self.port = 0
         self.metrics_port = 0
 
@@ -77,14 +100,18 @@ class InspectionServer:
             self._server,
         )
         self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._publish_health()
         await self._server.start()
         if settings.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
         log.info("listening on port %d; metrics on port %d", self.port, self.metrics_port)
-        await self.registry.refresh()
-        self._poller = asyncio.create_task(self.registry.run(settings.poll_interval_s))
+        if self.connection is None:
+            await self.registry.refresh()
+            self._poller = asyncio.create_task(self.registry.run(settings.poll_interval_s))
+        else:
+            if await self._check_backend():
+                await self.registry.refresh()
+            self._poller = asyncio.create_task(self._watch_backend())
 
     async def stop(self) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight calls finish within the grace period."""
@@ -102,6 +129,8 @@ class InspectionServer:
         for versions in self.registry.loaded.values():
             for model in versions.values():
                 await asyncio.to_thread(model.backend.close)
+        if self.connection is not None:
+            await self.connection.close()
         log.info("stopped")
 
     async def wait(self) -> None:
@@ -110,15 +139,63 @@ class InspectionServer:
             await self._server.wait_for_termination()
 
     async def _on_models_changed(self, loaded: Loaded) -> None:
-        serving = health_pb2.HealthCheckResponse.SERVING
-        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         for name in self._served_models - set(loaded):
-            await self.health.set(MODEL_HEALTH_PREFIX + name, not_serving)
             self.metrics.versions_loaded.labels(name).set(0)
         for name, versions in loaded.items():
-            await self.health.set(MODEL_HEALTH_PREFIX + name, serving)
             self.metrics.versions_loaded.labels(name).set(len(versions))
-        self._served_models = set(loaded)
-        overall = serving if loaded else not_serving
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, overall)
+        self._served_models |= set(loaded)
+        await self._publish_health()
+
+    async def _publish_health(self) -> None:
+        """Health from the loaded models and, with a model server, its server and model readiness."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        loaded = self.registry.loaded
+        wanted: dict[str, int] = {}
+        any_up = False
+        for name in self._served_models:
+            up = name in loaded and self._backend_ready and self._models_ready.get(name, True)
+            any_up = any_up or up
+            wanted[MODEL_HEALTH_PREFIX + name] = serving if up else not_serving
+        overall = serving if any_up else not_serving  # some loaded model can answer
+        wanted[""] = wanted[SERVICE_NAME] = overall
+        for service, status in wanted.items():
+            if self._published.get(service) != status:
+                await self.health.set(service, status)
+                self._published[service] = status
+
+    async def _check_backend(self) -> bool:
+        """Probe the model server's server readiness and each served model's newest loaded version."""
+        assert self.connection is not None
+        ready = await self.connection.server_ready()
+        models: dict[str, bool] = {}
+        if ready:
+            for name, versions in self.registry.loaded.items():
+                models[name] = await self.connection.model_ready(name, max(versions))
+        if ready != self._backend_ready:
+            if ready:
+                log.info("inference backend at %s is ready", self.connection.address)
+            else:
+                log.warning("inference backend at %s is unavailable: health is NOT_SERVING", self.connection.address)
+        for name, up in models.items():
+            if not up and self._models_ready.get(name, True):
+                log.warning("inference backend at %s reports model %s not ready", self.connection.address, name)
+        self._backend_ready, self._models_ready = ready, models
+        await self._publish_health()
+        return ready
+
+    async def _watch_backend(self) -> None:
+        """With a model server: probe readiness often, rescan the repository only while it is ready.
+
+        Scanning while the model server is down would reject new versions until their files change.
+        """
+        interval = self.settings.poll_interval_s
+        next_refresh = time.monotonic() + interval
+        was_ready = self._backend_ready
+        while True:
+            await asyncio.sleep(min(interval, BACKEND_CHECK_INTERVAL_S))
+            ready = await self._check_backend()
+            if ready and (not was_ready or time.monotonic() >= next_refresh):
+                await self.registry.refresh()
+                next_refresh = time.monotonic() + interval
+            was_ready = ready

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
+Backend = Literal["embedded", "kserve"]
 ENV_PREFIX = "VISINSPECT_"
 
 
@@ -28,6 +29,9 @@ class ServerSettings:
     poll_interval_s: float = 5.0
     versions_per_model: int = 2
     performance_hint: PerformanceHint = "LATENCY"
+    backend: Backend = "embedded"
+    ovms_address: str = "localhost:9000"
+    ovms_timeout_s: float = 10.0
     cache_dir: Path = Path.home() / ".cache" / "visinspect" / "openvino"
     image_root: Path | None = None
     max_pixels: int = 40_000_000
@@ -52,10 +56,18 @@ class ServerSettings:
             "workers": self.workers >= 1,
             "shutdown_grace_s": self.shutdown_grace_s >= 0,
             "performance_hint": self.performance_hint in ("LATENCY", "THROUGHPUT"),
+            "backend": self.backend in ("embedded", "kserve"),
+            "ovms_address": _is_host_port(self.ovms_address),
+            "ovms_timeout_s": self.ovms_timeout_s > 0,
         }
         wrong = [name for name, ok in checks.items() if not ok]
         if wrong:
             raise ValueError(f"invalid setting {wrong[0]}={getattr(self, wrong[0])!r}")
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit()
 
 
 _HELP = {
@@ -67,6 +79,9 @@ _HELP = {
     "poll_interval_s": "seconds between repository scans for new versions",
     "versions_per_model": "newest versions kept loaded per model",
     "performance_hint": "OpenVINO performance hint: LATENCY or THROUGHPUT",
+    "backend": "embedded (OpenVINO in this process) or kserve (a KServe v2 gRPC model server: OVMS, Triton, KServe)",
+    "ovms_address": "host:port of the KServe v2 gRPC model server (with --backend kserve)",
+    "ovms_timeout_s": "deadline in seconds of each call to the model server (with --backend kserve)",
     "cache_dir": "OpenVINO compiled-model cache folder",
     "image_root": "folder that path inputs are resolved under (path inputs are off without it)",
     "max_pixels": "largest image accepted, in pixels (checked from the header, before decoding)",
@@ -110,6 +125,8 @@ def _convert(name: str, raw: str) -> object:  # noqa: PLR0911 - one return per s
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if name == "performance_hint":
         return raw.upper()
+    if name == "backend":
+        return raw.lower()
     if isinstance(default, bool):
         if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
             raise ValueError(f"{name} must be true or false, got {raw!r}")
