@@ -3,10 +3,12 @@
 Everything is measured in the same process tree on the same machine state, so the ratios are
 comparable even on a shared machine: in-process decode + resize + inference (the floor), the facade
 over loopback gRPC with one client (LATENCY hint) and with 1 and 8 clients (THROUGHPUT hint), and
-``benchmark_app`` on the same IR (inference only, random input). Medians after warm-up.
+``benchmark_app`` on the same IR (inference only, random input). Medians after warm-up. With ``--kserve``
+(default when .venv-kserve exists) also the facade with ``--backend kserve`` against the KServe v2 stand-in
+model server (tests/kserve_standin), interleaved with the embedded facade at 1 client and at 8 clients.
 
     .venv/bin/python benchmarks/facade_benchmark.py [--repository PATH] [--requests N] [--duration S]
-        [--out-dir docs/benchmarks]
+        [--out-dir docs/benchmarks] [--kserve/--no-kserve]
 
 Without ``--repository`` a PaDiM model is trained on MVTec AD bottle (default backbone) and exported
 into a temporary repository first, in a child process so torch never loads into this one.
@@ -25,6 +27,7 @@ import platform
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -63,6 +66,10 @@ SERVER_START_TIMEOUT_S = 600.0
 SERVER_STOP_TIMEOUT_S = 30.0
 BENCHMARK_APP_EXTRA_S = 600.0  # on top of -t: reading and compiling a ~170 MB IR on a busy machine
 FOREIGN_CPU_WARNING = 0.10
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KSERVE_PYTHON = REPO_ROOT / ".venv-kserve" / "bin" / "python"  # kserve cannot share a process with tritonclient
+KSERVE_STANDIN = REPO_ROOT / "tests" / "kserve_standin" / "serve.py"
+STANDIN_START_TIMEOUT_S = 300.0
 
 log = logging.getLogger("facade_benchmark")
 
@@ -99,12 +106,13 @@ def process_cpu_s(pid: int) -> float:
 class CpuMeter:
     """Share of the machine's CPU used by processes outside this benchmark's process tree during a phase.
 
-    Reads /proc/stat (all CPUs, steal included) and the jiffies of this process, the running server
-    and reaped children (benchmark_app). A high share means a neighbour competed for the cores.
+    Reads /proc/stat (all CPUs, steal included) and the jiffies of this process, the running servers
+    (facades and the KServe stand-in) and reaped children (benchmark_app). A high share means a neighbour
+    competed for the cores.
     """
 
     def __init__(self) -> None:
-        self.server_pid: int | None = None
+        self.server_pids: set[int] = set()
         self.phases: dict[str, dict[str, float]] = {}
 
     @staticmethod
@@ -118,8 +126,7 @@ class CpuMeter:
         ticks = os.sysconf("SC_CLK_TCK")
         times = os.times()
         total = times.user + times.system + times.children_user + times.children_system
-        if self.server_pid is not None:
-            total += process_cpu_s(self.server_pid)
+        total += sum(process_cpu_s(pid) for pid in self.server_pids)
         return total * ticks
 
     @contextlib.contextmanager
@@ -260,13 +267,20 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(repository: Path, model: str, hint: str, cache_dir: Path, meter: CpuMeter) -> Iterator[Server]:
-    """Start the server, wait until it reports SERVING, and always stop it (SIGTERM) on the way out."""
+def running_server(
+    repository: Path, model: str, hint: str, cache_dir: Path, meter: CpuMeter, *, ovms_address: str | None = None
+) -> Iterator[Server]:
+    """Start the server, wait until it reports SERVING, and always stop it (SIGTERM) on the way out.
+
+    With ``ovms_address`` the facade uses ``--backend kserve`` against that model server.
+    """
     command = [
         sys.executable, "-m", "visinspect_server.main", "serve", "--model-repository", str(repository),
         "--models", model, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
         "--performance-hint", hint, "--cache-dir", str(cache_dir), "--log-json", "true",
     ]  # fmt: skip
+    if ovms_address is not None:
+        command += ["--backend", "kserve", "--ovms-address", ovms_address]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     server = Server(process)
@@ -286,15 +300,84 @@ def running_server(repository: Path, model: str, hint: str, cache_dir: Path, met
                 listening.set()
 
     threading.Thread(target=pump, daemon=True).start()
-    meter.server_pid = process.pid
+    meter.server_pids.add(process.pid)
+    label = f"{hint}, kserve" if ovms_address else hint
     try:
         _wait_serving(server, listening)
         yield server
     finally:
         code = server.stop()
-        meter.server_pid = None
+        meter.server_pids.discard(process.pid)
         if code not in (0, None):
-            log.warning("server (%s) exited with %s; last log lines: %s", hint, code, list(server.logs)[-5:])
+            log.warning("server (%s) exited with %s; last log lines: %s", label, code, list(server.logs)[-5:])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class StandIn:
+    """The KServe v2 stand-in model server (tests/kserve_standin, kserve's ModelServer) in its own virtualenv."""
+
+    process: subprocess.Popen[str]
+    port: int
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+
+    @property
+    def address(self) -> str:
+        """host:port of its KServe v2 gRPC endpoint."""
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> int | None:
+        """SIGTERM by PID, SIGKILL if it is still there after the grace period; return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(SERVER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "stand-in %d ignored SIGTERM for %.0f s; killing it", self.process.pid, SERVER_STOP_TIMEOUT_S
+                )
+                self.process.kill()
+        return self.process.wait(SERVER_STOP_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def running_standin(repository: Path, meter: CpuMeter) -> Iterator[StandIn]:
+    """Start the stand-in on loopback ports, wait for its ready line, and always stop it on the way out."""
+    grpc_port = _free_port()
+    command = [
+        str(KSERVE_PYTHON), str(KSERVE_STANDIN), "--repository", str(repository),
+        "--grpc-port", str(grpc_port), "--http-port", str(_free_port()),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    standin = StandIn(process, grpc_port)
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            standin.lines.append(line.rstrip())
+            if line.startswith("kserve stand-in ready on port"):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    meter.server_pids.add(process.pid)
+    try:
+        deadline = time.monotonic() + STANDIN_START_TIMEOUT_S
+        while not ready.wait(0.1):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the kserve stand-in did not start; last lines: {list(standin.lines)[-10:]}")
+        yield standin
+    finally:
+        code = standin.stop()
+        meter.server_pids.discard(process.pid)
+        if code not in (0, None, -signal.SIGTERM):
+            log.warning("kserve stand-in exited with %s; last lines: %s", code, list(standin.lines)[-5:])
 
 
 def _wait_serving(server: Server, listening: threading.Event) -> None:
@@ -397,6 +480,57 @@ def bench_latency(
     }
 
 
+def bench_kserve_latency(
+    embedded: Server, kserve: Server, model: str, images: list[bytes], *, standin: StandIn, requests: int
+) -> dict[str, Any]:
+    """The facade with the embedded backend and with the KServe v2 backend, one client each, alternating per image.
+
+    Both facades see the same images in the same order; which of the two goes first alternates every image.
+    """
+    requests_pb = [_request(model, data) for data in images]
+    servers = {"embedded": embedded, "kserve": kserve}
+    latencies: dict[str, list[float]] = {key: [] for key in servers}
+    timings: dict[str, list[pb.Timing]] = {key: [] for key in servers}
+    score_diffs: list[float] = []
+    channels = {key: grpc.insecure_channel(server.address) for key, server in servers.items()}
+    try:
+        stubs = {key: pb_grpc.InspectionServiceStub(channel) for key, channel in channels.items()}
+
+        def call(key: str, i: int) -> pb.DetectResponse:
+            t0 = time.perf_counter()
+            reply = stubs[key].Detect(requests_pb[i % len(images)], timeout=RPC_TIMEOUT_S)
+            latencies[key].append((time.perf_counter() - t0) * 1e3)
+            timings[key].append(reply.timing)
+            return reply
+
+        for i in range(WARMUP_CALLS):
+            call("embedded", i)
+            call("kserve", i)
+        for series in (*latencies.values(), *timings.values()):
+            series.clear()
+        pids = {"embedded": embedded.process.pid, "kserve": kserve.process.pid, "standin": standin.process.pid}
+        cpu = {key: process_cpu_s(pid) for key, pid in pids.items()}
+        for i in range(requests):
+            order = ("kserve", "embedded") if i % 2 else ("embedded", "kserve")
+            replies = {key: call(key, i) for key in order}
+            score_diffs.append(abs(replies["embedded"].raw_score - replies["kserve"].raw_score))
+        cpu = {key: (process_cpu_s(pid) - cpu[key]) * 1e3 / requests for key, pid in pids.items()}
+    finally:
+        for channel in channels.values():
+            channel.close()
+    return {
+        key: {
+            "client": summary(latencies[key]),
+            "server_stage_p50": _server_stage_medians(timings[key], latencies[key]),
+            "facade_cpu_ms_per_request": cpu[key],
+        }
+        for key in servers
+    } | {
+        "standin_cpu_ms_per_request": cpu["standin"],
+        "max_abs_raw_score_diff_kserve_vs_embedded": max(score_diffs),
+    }
+
+
 @dataclass
 class _Client:
     """One closed-loop client: calls Detect back to back, starting at image ``offset``, and logs each call."""
@@ -430,9 +564,19 @@ class _Client:
 
 
 def bench_throughput(
-    server: Server, model: str, images: list[bytes], clients: int, window_s: float, *, shared_channel: bool
+    server: Server,
+    model: str,
+    images: list[bytes],
+    clients: int,
+    window_s: float,
+    *,
+    shared_channel: bool,
+    backend_pid: int | None = None,
 ) -> dict[str, Any]:
-    """``clients`` threads calling Detect back to back; images/s completed inside a window after warm-up."""
+    """``clients`` threads calling Detect back to back; images/s completed inside a window after warm-up.
+
+    ``backend_pid``: a model server behind the facade (KServe stand-in) whose CPU is also recorded.
+    """
     requests_pb = [_request(model, data) for data in images]
     # A local subchannel pool gives each channel its own TCP connection (the global pool would share one).
     own = [("grpc.use_local_subchannel_pool", 1)]
@@ -450,9 +594,11 @@ def bench_throughput(
         for thread in threads:
             thread.start()
         time.sleep(max(0.0, window[0] - time.perf_counter()))
+        backend_cpu = process_cpu_s(backend_pid) if backend_pid else 0.0
         cpu_start = process_cpu_s(server.process.pid), _own_cpu_s()
         time.sleep(max(0.0, window[1] - time.perf_counter()))
         cpu_end = process_cpu_s(server.process.pid), _own_cpu_s()
+        backend_cpu = (process_cpu_s(backend_pid) if backend_pid else 0.0) - backend_cpu
         for thread in threads:
             thread.join(window[1] - time.perf_counter() + RPC_TIMEOUT_S + 5)
     finally:  # normally every client is done by now; on an interruption, stop them before the server goes
@@ -471,7 +617,13 @@ def bench_throughput(
     if not inside:
         raise RuntimeError(f"no request completed in the window; errors: {errors} ({runners[0].first_error})")
     latencies = [lat for lat, _ in inside]
-    return {
+    backend = {}
+    if backend_pid:
+        backend = {
+            "backend_cpu_ms_per_image": backend_cpu * 1e3 / len(inside),
+            "backend_cpu_cores_busy": backend_cpu / window_s,
+        }
+    return backend | {
         "clients": clients,
         "channel": CHANNEL_MODES[0] if shared_channel else CHANNEL_MODES[1],
         "window_s": window_s,
@@ -565,7 +717,73 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         "facade_1_client_ips / benchmark_app_throughput_fps": results["throughput"]["one_client"]["images_per_s"]
         / app_fps,
         "facade_8_clients_ips / in_process_single_thread_ips": best / (1e3 / local),
+    } | kserve_ratios(results)
+
+
+def kserve_ratios(results: dict[str, Any]) -> dict[str, float]:
+    """The cost of the extra hop to the KServe v2 model server (empty when it was not measured)."""
+    kserve = results.get("kserve")
+    if not kserve:
+        return {}
+    latency = kserve["latency"]
+    return {
+        "kserve_facade_p50 / embedded_facade_p50": latency["kserve"]["client"]["p50_ms"]
+        / latency["embedded"]["client"]["p50_ms"],
+        "kserve_facade_p99 / embedded_facade_p99": latency["kserve"]["client"]["p99_ms"]
+        / latency["embedded"]["client"]["p99_ms"],
+        f"kserve_facade_{CLIENTS}_clients_ips / embedded_facade_{CLIENTS}_clients_ips": kserve["throughput"][
+            "images_per_s"
+        ]
+        / results["throughput"]["best"]["images_per_s"],
     }
+
+
+def kserve_markdown(results: dict[str, Any], tput_row: Any) -> list[str]:
+    """The KServe v2 backend section (empty when it was not measured)."""
+    kserve = results.get("kserve")
+    if not kserve:
+        return []
+    latency, tput, best = kserve["latency"], kserve["throughput"], results["throughput"]["best"]
+
+    def row(label: str, run: dict[str, Any]) -> str:
+        stats, stages = run["client"], run["server_stage_p50"]
+        return (
+            f"| {label} | {stats['p50_ms']:.1f} | {stats['p99_ms']:.1f} | {stats['n']} | "
+            f"{stages['decode_ms']:.1f} / {stages['inference_ms']:.1f} / {stages['total_ms']:.1f} | "
+            f"{stages['outside_server_ms']:.1f} | {run['facade_cpu_ms_per_request']:.0f} |"
+        )
+
+    return [
+        "## KServe v2 backend: the cost of the extra hop",
+        "",
+        "The facade with `--backend kserve --ovms-address` against the KServe v2 stand-in model server",
+        "(`tests/kserve_standin/serve.py`: kserve's ModelServer compiling the same IR with OpenVINO at the",
+        "metadata's precision and OpenVINO's default hint; not OVMS itself), in its own process and virtualenv on",
+        "the same cores. The facade decodes and resizes, then sends the 256×256×3 uint8 tensor over loopback",
+        "gRPC. Latency: a second facade with the embedded backend (the LATENCY server above) and the kserve facade",
+        "alternate image by image, one client each. Throughput: the kserve facade (THROUGHPUT hint) with "
+        f"{CLIENTS} clients, {best['channel']} channel(s), the same window as the embedded {CLIENTS}-client run above.",
+        "",
+        "| facade backend | p50 ms | p99 ms | n | server decode / inference / total p50 ms | outside the handler "
+        "| facade CPU ms / request |",
+        "|---|---|---|---|---|---|---|",
+        row("embedded", latency["embedded"]),
+        row("**kserve**", latency["kserve"]),
+        "",
+        f"For kserve, *inference* is the facade's whole round trip to the model server. The stand-in used "
+        f"{latency['standin_cpu_ms_per_request']:.0f} ms CPU per request; max |raw score difference| kserve vs "
+        f"embedded = {latency['max_abs_raw_score_diff_kserve_vs_embedded']:.2g}.",
+        "",
+        "| clients | channel | images/s | p50 ms | p99 ms | completed | errors | server decode / inference p50 ms "
+        "| facade CPU ms / image | facade cores busy | client CPU ms / image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        tput_row(f"{CLIENTS}, embedded ({best['window_s']:.0f} s)", best),
+        tput_row(f"{CLIENTS}, **kserve** ({tput['window_s']:.0f} s)", tput),
+        "",
+        f"The stand-in used {tput['backend_cpu_ms_per_image']:.0f} ms CPU per image "
+        f"({tput['backend_cpu_cores_busy']:.2f} cores busy) during the kserve window.",
+        "",
+    ]
 
 
 def markdown(results: dict[str, Any], command: str) -> str:
@@ -643,6 +861,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"The {CLIENTS}-client run uses **{tput['best']['channel']}** channel(s): more images/s in the trials "
         "(run shared, own, own, shared). Own channels use a local subchannel pool, so each has its own connection.",
         "",
+        *kserve_markdown(results, tput_row),
         "## Ratios (same run)",
         "",
         "| ratio | value |",
@@ -677,7 +896,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per throughput measurement")
     parser.add_argument("--out-dir", type=Path, default=Path("docs/benchmarks"), help="where facade.md/json go")
     parser.add_argument("--dataset-root", type=Path, default=DEFAULT_DATASET_ROOT, help="MVTec AD root")
+    parser.add_argument(
+        "--kserve",
+        action=argparse.BooleanOptionalAction,
+        default=KSERVE_PYTHON.exists(),
+        help=f"also measure the facade with --backend kserve against the stand-in model server "
+        f"(tests/kserve_standin, run by {KSERVE_PYTHON.relative_to(REPO_ROOT)}); default: on when that exists",
+    )
     args = parser.parse_args(argv)
+    if args.kserve and not KSERVE_PYTHON.exists():
+        parser.error(f"--kserve needs {KSERVE_PYTHON} (see tests/integration/test_kserve_backend.py)")
     if not 1 <= args.requests <= 100_000 or not 1 <= args.duration <= 3600:
         parser.error("--requests must be in [1, 100000] and --duration in [1, 3600]")
     return args
@@ -713,34 +941,91 @@ def measure(args: argparse.Namespace, repository: Path, scratch: Path, meter: Cp
             "bin_mb": (version_dir / "model.bin").stat().st_size / 2**20,
         },
     }
-    xml = version_dir / IR_XML_FILENAME
     cache = scratch / "ov-cache"
     # Each phase opens after its server reports SERVING and closes before the server stops.
+    with contextlib.ExitStack() as stack:  # the KServe stand-in, when asked for, lives until the last phase is done
+        standin = stack.enter_context(running_standin(repository, meter)) if args.kserve else None
+        _measure_phases(
+            args,
+            results,
+            repository=repository,
+            name=name,
+            metadata=metadata,
+            version_dir=version_dir,
+            images=images,
+            cache=cache,
+            meter=meter,
+            standin=standin,
+        )
+    results["ratios"] = ratios(results)
+    return results
+
+
+def _measure_phases(
+    args: argparse.Namespace,
+    results: dict[str, Any],
+    *,
+    repository: Path,
+    name: str,
+    metadata: ModelMetadata,
+    version_dir: Path,
+    images: list[bytes],
+    cache: Path,
+    meter: CpuMeter,
+    standin: StandIn | None,
+) -> None:
+    xml = version_dir / IR_XML_FILENAME
+    kserve: dict[str, Any] = {}
+
+    def kserve_facade(stack: contextlib.ExitStack, hint: str) -> Server | None:
+        if standin is None:
+            return None
+        return stack.enter_context(running_server(repository, name, hint, cache, meter, ovms_address=standin.address))
+
     _step("in-process baseline and facade latency (LATENCY hint), interleaved")
     local = LocalPipeline(version_dir, metadata)
-    with running_server(repository, name, "LATENCY", cache, meter) as server, meter.phase("latency, interleaved"):
-        results |= bench_latency(server, local, name, images, args.requests)
-    del local
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(running_server(repository, name, "LATENCY", cache, meter))
+        with meter.phase("latency, interleaved"):
+            results |= bench_latency(server, local, name, images, args.requests)
+        del local
+        kserver = kserve_facade(stack, "LATENCY")
+        if kserver is not None and standin is not None:
+            _step("facade latency, embedded vs kserve backend (LATENCY hint), interleaved")
+            with meter.phase("kserve vs embedded latency, interleaved"):
+                kserve["latency"] = bench_kserve_latency(
+                    server, kserver, name, images, standin=standin, requests=args.requests
+                )
     _step("benchmark_app -hint latency")
     with meter.phase("benchmark_app latency"):
         app = {"latency": run_benchmark_app(xml, "latency", metadata, args.duration)}
     _step(f"facade throughput (THROUGHPUT hint): channel trials, then {CLIENTS} clients and 1 client")
-    with running_server(repository, name, "THROUGHPUT", cache, meter) as server, meter.phase("facade throughput"):
-        trials = [
-            bench_throughput(server, name, images, CLIENTS, TRIAL_S, shared_channel=shared)
-            for shared in (True, False, False, True)  # ABBA, so a drifting background load favours neither
-        ]
-        totals = {mode: sum(t["images_per_s"] for t in trials if t["channel"] == mode) for mode in CHANNEL_MODES}
-        shared = max(totals, key=lambda mode: totals[mode]) == CHANNEL_MODES[0]
-        best = bench_throughput(server, name, images, CLIENTS, args.duration, shared_channel=shared)
-        one = bench_throughput(server, name, images, 1, args.duration, shared_channel=True)
-    results["throughput"] = {"trials": trials, "best": best, "one_client": one}
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(running_server(repository, name, "THROUGHPUT", cache, meter))
+        with meter.phase("facade throughput"):
+            trials = [
+                bench_throughput(server, name, images, CLIENTS, TRIAL_S, shared_channel=shared)
+                for shared in (True, False, False, True)  # ABBA, so a drifting background load favours neither
+            ]
+            totals = {mode: sum(t["images_per_s"] for t in trials if t["channel"] == mode) for mode in CHANNEL_MODES}
+            shared = max(totals, key=lambda mode: totals[mode]) == CHANNEL_MODES[0]
+            best = bench_throughput(server, name, images, CLIENTS, args.duration, shared_channel=shared)
+            one = bench_throughput(server, name, images, 1, args.duration, shared_channel=True)
+        results["throughput"] = {"trials": trials, "best": best, "one_client": one}
+        kserver = kserve_facade(stack, "THROUGHPUT")
+        if kserver is not None and standin is not None:
+            _step(f"facade throughput with the kserve backend: {CLIENTS} clients, {best['channel']} channel(s)")
+            with meter.phase("kserve facade throughput"):
+                kserve["throughput"] = bench_throughput(
+                    kserver, name, images, CLIENTS, args.duration, shared_channel=shared,
+                    backend_pid=standin.process.pid,
+                )  # fmt: skip
+    if kserve:
+        results["kserve"] = kserve
     _step("benchmark_app -hint throughput")
     with meter.phase("benchmark_app throughput"):
         app["throughput"] = run_benchmark_app(xml, "throughput", metadata, args.duration)
     results["benchmark_app"] = app
-    results["ratios"] = ratios(results)
-    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ invalid file raises :class:`MetadataError` naming the offending field.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -188,6 +189,15 @@ def write_metadata(version_dir: Path, metadata: ModelMetadata) -> Path:
     path = version_dir / METADATA_FILENAME
     path.write_text(metadata.to_json(), encoding="utf-8")
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (``ir_bin_sha256`` and weights digests)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def list_versions(model_dir: Path) -> list[int]:

@@ -11,7 +11,6 @@ already loaded keep serving; it is retried only if its files change.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from visinspect_api.model_repository import (
     METADATA_FILENAME,
     MetadataError,
     ModelMetadata,
+    file_sha256,
     list_models,
     list_versions,
     read_metadata,
@@ -157,7 +157,7 @@ class ModelRegistry:
         metadata = read_metadata(folder)
         if metadata.model_name != name:
             raise ModelLoadError(f"metadata names model {metadata.model_name!r} but the folder is {name!r}")
-        digest = _sha256(folder / IR_BIN_FILENAME)
+        digest = file_sha256(folder / IR_BIN_FILENAME)
         if digest != metadata.ir_bin_sha256:
             raise ModelLoadError(f"{IR_BIN_FILENAME} does not match the metadata's sha256 (truncated or replaced)")
         backend = self._factory(folder, metadata)
@@ -190,11 +190,3 @@ def _signature(folder: Path) -> tuple:
         except OSError:
             entries.append((filename, None, None))
     return tuple(entries)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

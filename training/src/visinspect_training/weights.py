@@ -6,7 +6,6 @@ torch, so they are never installed), checked against a pinned sha256 and cached.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -21,6 +20,7 @@ import timm
 import torch
 from torch import nn
 
+from visinspect_api.model_repository import file_sha256 as sha256_file
 from visinspect_training.errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,6 @@ def cache_dir() -> Path:
     if explicit := os.environ.get("VISINSPECT_CACHE_DIR"):
         return Path(explicit)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "visinspect"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_backbone(backbone: str, source: WeightsSourceName) -> None:
