@@ -20,13 +20,13 @@ from visinspect_api.model_repository import (
     IR_BIN_FILENAME,
     IR_XML_FILENAME,
     OVMS_CONFIG_FILENAME,
+    file_sha256,
     list_versions,
     read_metadata,
 )
 from visinspect_training.api import ExportOptions, evaluate_ir, export_run, load_run
 from visinspect_training.errors import ConfigError
 from visinspect_training.ir import RawPadim, compile_ir, infer
-from visinspect_training.weights import sha256_file
 
 
 def test_version_folder_holds_ir_and_valid_metadata(exported) -> None:
@@ -38,7 +38,7 @@ def test_version_folder_holds_ir_and_valid_metadata(exported) -> None:
     )
     metadata = read_metadata(folder)
     assert metadata == exported.metadata
-    assert metadata.ir_bin_sha256 == sha256_file(folder / IR_BIN_FILENAME)
+    assert metadata.ir_bin_sha256 == file_sha256(folder / IR_BIN_FILENAME)
     assert metadata.backbone.weights == "builtin"
     assert metadata.dataset.counts["train"] == 24
     assert metadata.calibration.image_min <= metadata.calibration.image_threshold <= metadata.calibration.image_max

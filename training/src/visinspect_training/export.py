@@ -15,6 +15,7 @@ from visinspect_api.model_repository import (
     DatasetInfo,
     Evaluation,
     ModelMetadata,
+    file_sha256,
     write_metadata,
 )
 from visinspect_training import ir
@@ -22,7 +23,6 @@ from visinspect_training.errors import ConfigError
 from visinspect_training.evaluate import evaluate_ir
 from visinspect_training.repository import publish, staging_folder, write_ovms_config
 from visinspect_training.train import TrainedRun
-from visinspect_training.weights import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
             ),
             inference_precision=options.inference_precision,  # type: ignore[arg-type]
             ir_precision=options.ir_precision,  # type: ignore[arg-type]
-            ir_bin_sha256=sha256_file(staged / IR_BIN_FILENAME),
+            ir_bin_sha256=file_sha256(staged / IR_BIN_FILENAME),
             software=_software_versions(),
             evaluation=evaluation,
         )

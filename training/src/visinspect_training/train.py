@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from rich.progress import Progress
 from torchvision.transforms.v2 import Normalize
 
-from visinspect_api.model_repository import Calibration, is_valid_model_name
+from visinspect_api.model_repository import Calibration, file_sha256, is_valid_model_name
 from visinspect_training.data import DatasetSpec, build_datamodule, split_counts
 from visinspect_training.defaults import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_LAYERS, DEFAULT_N_FEATURES
 from visinspect_training.errors import ConfigError, TrainingError
@@ -38,7 +38,6 @@ from visinspect_training.weights import (
     fetch_builtin_weights,
     load_into_backbone,
     load_state_dict,
-    sha256_file,
 )
 
 log = logging.getLogger(__name__)
@@ -149,7 +148,7 @@ def _load_weights(padim: PadimModel, config: TrainConfig) -> str | None:
     state = load_state_dict(path, spec.file_sha256)
     used = load_into_backbone(padim.feature_extractor.feature_extractor, config.backbone, state)
     log.info("loaded %d backbone tensors from %s", used, path)
-    return sha256_file(path)
+    return file_sha256(path)
 
 
 def _engine(run_dir: Path, callbacks: list[Callback]) -> Any:

