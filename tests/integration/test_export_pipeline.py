@@ -26,7 +26,7 @@ from visinspect_api.model_repository import (
 )
 from visinspect_training.api import ExportOptions, evaluate_ir, export_run, load_run
 from visinspect_training.errors import ConfigError
-from visinspect_training.ir import RawPadim, compile_ir, infer
+from visinspect_training.ir import AnomalibPadim, compile_ir, infer
 
 
 def test_version_folder_holds_ir_and_valid_metadata(exported) -> None:
@@ -65,7 +65,7 @@ def test_f32_scores_match_torch(exported, trained_run) -> None:
     images = rng.integers(0, 256, (3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3), dtype=np.uint8)
     maps, scores = infer(compile_ir(exported.version_dir / IR_XML_FILENAME, "f32"), images)
     with torch.no_grad():
-        torch_maps, torch_scores = RawPadim(trained_run.padim)(torch.from_numpy(images))
+        torch_maps, torch_scores = AnomalibPadim(trained_run.padim)(torch.from_numpy(images))
     np.testing.assert_allclose(scores, torch_scores.numpy(), rtol=1e-3)
     np.testing.assert_allclose(maps, torch_maps.numpy()[:, 0], rtol=1e-3, atol=1e-3 * float(torch_maps.max()))
     assert np.allclose(scores, maps.reshape(3, -1).max(axis=1))

@@ -13,7 +13,7 @@ from scipy.stats import rankdata
 
 from visinspect_api.model_repository import Calibration, Evaluation
 from visinspect_training.data import build_datamodule
-from visinspect_training.ir import InferencePrecisionName, RawPadim, compile_ir, infer, torch_infer
+from visinspect_training.ir import AnomalibPadim, InferencePrecisionName, compile_ir, infer, torch_infer
 from visinspect_training.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def _collect(
     size = (config.image_size, config.image_size)
     datamodule = build_datamodule(config.dataset, size, config.batch_size, config.num_workers)
     compiled = compile_ir(xml_path, precision)
-    wrapper = RawPadim(padim) if padim is not None else None
+    wrapper = AnomalibPadim(padim) if padim is not None else None
     got = _Collected()
     for batch in datamodule.test_dataloader():
         images = _to_uint8_nhwc(batch.image)
