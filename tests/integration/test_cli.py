@@ -13,10 +13,10 @@ from visinspect_api.model_repository import list_versions, read_metadata
 from visinspect_training.cli import main
 
 
-def test_run_trains_exports_and_prints_the_evaluation(tiny_config, tmp_path: Path, capsys) -> None:
-    dataset = tiny_config.dataset
+def test_run_trains_exports_and_prints_the_evaluation(tmp_path: Path, capsys) -> None:
+    # Its own data root: generating with the command's defaults must not rewrite the session's dataset.
     status = main([
-        "run", "--dataset", "synthetic", "--data-root", str(dataset.root), "--category", "brick",
+        "run", "--dataset", "synthetic", "--data-root", str(tmp_path / "synthetic"), "--category", "brick",
         "--image-size", str(TINY_IMAGE_SIZE), "--n-features", "50", "--runs", str(tmp_path / "runs"),
         "--repository", str(tmp_path / "repository"),
     ])  # fmt: skip
@@ -54,9 +54,9 @@ def test_run_trains_exports_and_prints_the_evaluation(tiny_config, tmp_path: Pat
         (["--weights-file", "/nonexistent.pth"], "weights file /nonexistent.pth does not exist"),
     ],
 )
-def test_bad_options_give_one_line_errors(tiny_config, tmp_path: Path, capsys, arguments, message) -> None:
+def test_bad_options_give_one_line_errors(tmp_path: Path, capsys, arguments, message) -> None:
     status = main([
-        "run", "--data-root", str(tiny_config.dataset.root), "--image-size", str(TINY_IMAGE_SIZE),
+        "run", "--data-root", str(tmp_path / "synthetic"), "--image-size", str(TINY_IMAGE_SIZE),
         "--runs", str(tmp_path / "runs"), "--repository", str(tmp_path / "repository"), *arguments,
     ])  # fmt: skip
     err = capsys.readouterr().err
@@ -66,11 +66,11 @@ def test_bad_options_give_one_line_errors(tiny_config, tmp_path: Path, capsys, a
     assert list_versions(tmp_path / "repository" / "brick") == []
 
 
-def test_weights_file_with_wrong_hash(tiny_config, tmp_path: Path, capsys) -> None:
+def test_weights_file_with_wrong_hash(tmp_path: Path, capsys) -> None:
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"not what you expected")
     status = main([
-        "train", "--data-root", str(tiny_config.dataset.root), "--runs", str(tmp_path / "runs"),
+        "train", "--data-root", str(tmp_path / "synthetic"), "--runs", str(tmp_path / "runs"),
         "--weights-file", str(weights), "--weights-sha256", "0" * 64,
     ])  # fmt: skip
     assert status == 2

@@ -64,8 +64,10 @@ def test_predict_json_with_evaluation(served, synthetic_category: Path, referenc
     assert [row["path"] for row in rows] == sorted(reference)  # the folder, recursively, in order
     for row in rows:
         expected = reference[row["path"]]
-        assert row["raw_score"] == expected.raw_score and row["score"] == expected.score
-        assert row["confidence"] == expected.confidence
+        # The CLI's concurrent calls share batched inferences: the last bits may differ from one-at-a-time.
+        assert row["raw_score"] == pytest.approx(expected.raw_score, rel=1e-5)
+        assert row["score"] == pytest.approx(expected.score, abs=1e-5)
+        assert row["confidence"] == pytest.approx(expected.confidence, abs=1e-5)
         assert row["verdict"] == ("anomalous" if expected.score > 0.5 else "normal")
         assert row["regions"] == len(expected.regions)
         largest = expected.regions[0] if expected.regions else None
@@ -112,8 +114,8 @@ def test_predict_csv_and_globs(served, synthetic_category: Path, reference, caps
     assert len(rows) == 12 and {Path(row["path"]).name for row in rows} == {"000.png", "001.png"}
     for row in rows:
         expected = reference[row["path"]]
-        assert float(row["score"]) == pytest.approx(expected.score, abs=1e-12)
-        assert float(row["raw_score"]) == pytest.approx(expected.raw_score, abs=1e-12)
+        assert float(row["score"]) == pytest.approx(expected.score, abs=1e-5)
+        assert float(row["raw_score"]) == pytest.approx(expected.raw_score, rel=1e-5)
         assert row["verdict"] == ("anomalous" if expected.is_anomalous else "normal")
         assert int(row["regions"]) == len(expected.regions)
         if expected.regions:

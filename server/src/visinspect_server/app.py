@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -15,8 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from visinspect_api.model_repository import ModelMetadata
 from visinspect_api.v1 import inspection_pb2, inspection_pb2_grpc
 from visinspect_server.backend import OpenVINOBackend, OpenVINOOptions
+from visinspect_server.batching import BatchingOptions, MicroBatcher
 from visinspect_server.observability import Metrics
 from visinspect_server.pipeline import InspectionPipeline, PipelineLimits
 from visinspect_server.registry import BackendFactory, Loaded, ModelRegistry
@@ -40,6 +43,16 @@ def embedded_backend_factory(settings: ServerSettings) -> BackendFactory:
     return lambda folder, metadata: OpenVINOBackend(folder, metadata, options, core)
 
 
+def batched(factory: BackendFactory, options: BatchingOptions, metrics: Metrics) -> BackendFactory:
+    """Wrap every backend ``factory`` builds in a :class:`MicroBatcher` (one batch per free backend slot)."""
+
+    def build(folder: Path, metadata: ModelMetadata) -> MicroBatcher:
+        backend = factory(folder, metadata)
+        return MicroBatcher(backend, options, getattr(backend, "jobs", 1), metrics.batch_size.observe)
+
+    return build
+
+
 def kserve_connection(settings: ServerSettings) -> KServeConnection:
     """The shared channel to a KServe v2 gRPC model server (OVMS, Triton, KServe)."""
     from visinspect_server.kserve_backend import KServeConnection, KServeOptions  # noqa: PLC0415 - optional
@@ -61,9 +74,10 @@ class InspectionServer:
                 backend_factory = self.connection.backend_factory()
             else:
                 backend_factory = embedded_backend_factory(settings)
+        batching = BatchingOptions(settings.max_batch_size, settings.batch_wait_ms)
         self.registry = ModelRegistry(
             settings.model_repository,
-            backend_factory,
+            batched(backend_factory, batching, self.metrics),
             versions_per_model=settings.versions_per_model,
             only_models=settings.models,
             on_change=self._on_models_changed,

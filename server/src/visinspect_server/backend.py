@@ -83,11 +83,18 @@ class OpenVINOBackend:
             raise InspectionError("inference failed") from outcome
         return outcome
 
-    def warm_up(self) -> None:
-        """One synchronous inference on a black image, so the first request pays no lazy set-up."""
+    def warm_up(self, max_batch: int = 1) -> None:
+        """Run every batch size up to ``max_batch`` once on each infer request.
+
+        The CPU plugin prepares each new input shape on first use (about 100 ms here), so without
+        this the first batch of each size would pay it on a live request.
+        """
         contract = self._metadata.input
-        request = self._compiled.create_infer_request()
-        request.infer({0: np.zeros((1, contract.height, contract.width, 3), np.uint8)})
+        images = np.zeros((max_batch, contract.height, contract.width, 3), np.uint8)
+        for index in range(len(self._queue)):
+            request = self._queue[index]
+            for size in range(1, max_batch + 1):
+                request.infer({0: images[:size]})
 
     def close(self) -> None:
         self._queue.wait_all()

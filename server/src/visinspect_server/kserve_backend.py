@@ -133,6 +133,8 @@ class KServeConnection:
 class KServeBackend:
     """One model version served by the model server; checked against its metadata when created."""
 
+    jobs = 2  # batches in flight to the model server at once (OVMS on an edge box: one per CPU stream)
+
     def __init__(self, connection: KServeConnection, version_dir: Path, metadata: ModelMetadata) -> None:
         self._connection = connection
         self._name = metadata.model_name

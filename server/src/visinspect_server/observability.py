@@ -15,6 +15,7 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
 def new_request_id() -> str:
@@ -78,6 +79,10 @@ class Metrics:
         self.stage = Histogram(
             "visinspect_stage_seconds", "Time per pipeline stage", ["stage"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "visinspect_batch_images", "Images per inference call (micro-batching merges concurrent requests)",
+            buckets=_BATCH_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.anomalies = Counter(
             "visinspect_anomalies", "Images judged anomalous, by model", ["model"], registry=self.registry

@@ -103,12 +103,11 @@ class InspectionPipeline:
         started = time.perf_counter()
         threshold = _check_threshold(options.threshold)
         model = self._registry.resolve(options.model, options.version)
-        image, decoded = await self._run(self._decode, source)
         contract = model.metadata.input
-        batch, resized = await self._run(_to_batch, image, contract.height, contract.width)
+        (batch, image_size, decoded), resized = await self._run(self._prepare, source, contract.height, contract.width)
         output = await model.backend.infer(batch)
         inferred = time.perf_counter()
-        detection, finished = await self._run(_postprocess, model, options, threshold, image.shape[:2], output)
+        detection, finished = await self._run(_postprocess, model, options, threshold, image_size, output)
         timing = StageTimes(
             decode_ms=(decoded - started) * 1e3,
             preprocess_ms=(resized - decoded) * 1e3,
@@ -121,6 +120,13 @@ class InspectionPipeline:
     async def _run(self, function: Callable[..., T], *args: object) -> tuple[T, float]:
         result = await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
         return result, time.perf_counter()
+
+    def _prepare(self, source: ImageSource, height: int, width: int) -> tuple[np.ndarray, tuple[int, int], float]:
+        """Decode and resize in one worker hop: (the model's 1-image batch, original size, decode end time)."""
+        image = self._decode(source)
+        decoded = time.perf_counter()
+        resized = imaging.resize_to_model(image, height, width)
+        return resized[np.newaxis], (image.shape[0], image.shape[1]), decoded
 
     def _decode(self, source: ImageSource) -> np.ndarray:
         limits = self._limits
@@ -143,11 +149,6 @@ def _check_threshold(threshold: float | None) -> float:
     return threshold
 
 
-def _to_batch(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    resized = imaging.resize_to_model(image, height, width)
-    return resized[np.newaxis]
-
-
 def _postprocess(
     model: LoadedModel,
     options: DetectOptions,
@@ -162,10 +163,13 @@ def _postprocess(
     if options.anomaly_map or options.mask or options.regions:
         pixel_map = postprocess.normalized_pixel_map(raw_map, model.calibration)
         size = image_size if options.original_size_maps else None
+        shown = pixel_map
+        if size is not None and options.anomaly_map and options.mask:
+            shown = postprocess.resize_map(pixel_map, size)  # once for both images
         if options.anomaly_map:
-            heat_png = postprocess.heatmap_png(pixel_map, size)
+            heat_png = postprocess.heatmap_png(shown, size)
         if options.mask:
-            mask_png = postprocess.mask_png(pixel_map, threshold, size)
+            mask_png = postprocess.mask_png(shown, threshold, size)
         if options.regions:
             regions = tuple(postprocess.find_regions(pixel_map, threshold, image_size))
     return Detection(

@@ -139,6 +139,11 @@ def normalized_pixel_map(raw_map: np.ndarray, calibration: Calibration) -> np.nd
     return normalize(raw32, calibration.pixel_threshold, calibration.pixel_min, calibration.pixel_max)
 
 
+def resize_map(normalized_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The map resized (bilinear) to ``size`` = (height, width): what the PNG builders do, done once to share."""
+    return _resized(_as_map(normalized_map), size)
+
+
 def heatmap_png(normalized_map: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
     """Jet-coloured PNG of a normalised map (0 → dark blue, 1 → dark red), 3 channels, 8 bits.
 
