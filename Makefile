@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 KVENV  := .venv-kserve
 KSTAMP := $(KVENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench clean
 
 install: $(STAMP) $(KSTAMP)
 
@@ -36,6 +36,10 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# The performance suite (about 15 min; not part of the tests): docs/benchmarks/suite.md.
+bench: install
+	$(BIN)/python -m benchmarks.suite
 
 clean:
 	rm -rf $(VENV) $(KVENV) runs data demo-output

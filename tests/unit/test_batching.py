@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from visinspect_server.backend import RawOutput
-from visinspect_server.batching import BatchingOptions, MicroBatcher
+from visinspect_server.batching import BatchingOptions, MicroBatcher, Upstream
 from visinspect_server.errors import InspectionError
 
 
@@ -58,7 +58,7 @@ async def _settle() -> None:
 def test_one_caller_at_a_time_goes_unbatched() -> None:
     async def scenario() -> None:
         backend = GatedBackend()
-        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8), slots=1)
+        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8, max_wait_ms=0), slots=1)
         for value in (3, 4, 5):
             output = await batcher.infer(_image(value))
             assert output.scores.tolist() == [value]
@@ -74,7 +74,7 @@ def test_requests_arriving_while_the_backend_is_busy_leave_together_in_order() -
         backend = GatedBackend()
         backend.gate.clear()
         sizes: list[int] = []
-        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8), slots=1, on_batch=sizes.append)
+        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8, max_wait_ms=0), slots=1, on_batch=sizes.append)
         first = asyncio.create_task(batcher.infer(_image(1)))
         await _settle()
         rest = [asyncio.create_task(batcher.infer(_image(value))) for value in range(10, 15)]
@@ -94,7 +94,7 @@ def test_batches_never_exceed_max_batch() -> None:
     async def scenario() -> None:
         backend = GatedBackend()
         backend.gate.clear()
-        batcher = MicroBatcher(backend, BatchingOptions(max_batch=4), slots=1)
+        batcher = MicroBatcher(backend, BatchingOptions(max_batch=4, max_wait_ms=0), slots=1)
         tasks = [asyncio.create_task(batcher.infer(_image(value))) for value in range(11)]
         await _settle()
         backend.gate.set()
@@ -109,7 +109,7 @@ def test_a_multi_image_call_keeps_its_images_together() -> None:
     async def scenario() -> None:
         backend = GatedBackend()
         backend.gate.clear()
-        batcher = MicroBatcher(backend, BatchingOptions(max_batch=4), slots=1)
+        batcher = MicroBatcher(backend, BatchingOptions(max_batch=4, max_wait_ms=0), slots=1)
         first = asyncio.create_task(batcher.infer(_image(1)))
         await _settle()
         pair = asyncio.create_task(batcher.infer(_image(7, count=3)))
@@ -128,7 +128,7 @@ def test_every_slot_runs_a_batch() -> None:
     async def scenario() -> None:
         backend = GatedBackend()
         backend.gate.clear()
-        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8), slots=2)
+        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8, max_wait_ms=0), slots=2)
         tasks = [asyncio.create_task(batcher.infer(_image(value))) for value in range(6)]
         await _settle()
         assert backend.batches == [[0], [1]]  # two slots busy, the rest queued
@@ -144,7 +144,7 @@ def test_a_backend_error_reaches_every_caller_of_the_batch_and_serving_goes_on()
     async def scenario() -> None:
         backend = GatedBackend(fail_with=InspectionError("inference failed"))
         backend.gate.clear()
-        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8), slots=1)
+        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8, max_wait_ms=0), slots=1)
         tasks = [asyncio.create_task(batcher.infer(_image(value))) for value in range(4)]
         await _settle()
         backend.gate.set()
@@ -160,7 +160,7 @@ def test_a_caller_that_gives_up_while_queued_is_not_sent() -> None:
     async def scenario() -> None:
         backend = GatedBackend()
         backend.gate.clear()
-        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8), slots=1)
+        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8, max_wait_ms=0), slots=1)
         first = asyncio.create_task(batcher.infer(_image(1)))
         await _settle()
         leaving = asyncio.create_task(batcher.infer(_image(2)))
@@ -178,17 +178,43 @@ def test_a_caller_that_gives_up_while_queued_is_not_sent() -> None:
     asyncio.run(scenario())
 
 
-def test_max_wait_gathers_requests_that_arrive_close_together() -> None:
+def test_max_wait_gathers_requests_that_are_still_on_their_way() -> None:
     async def scenario() -> None:
         backend = GatedBackend()
-        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8, max_wait_ms=200), slots=1)
-        first = asyncio.create_task(batcher.infer(_image(1)))
-        await asyncio.sleep(0.01)
-        assert backend.batches == []  # the slot is free, but the batch waits to fill
+        upstream = Upstream()
+        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8, max_wait_ms=200), slots=1, upstream=upstream)
+        with upstream.coming():  # a second request is still being decoded
+            first = asyncio.create_task(batcher.infer(_image(1)))
+            await asyncio.sleep(0.01)
+            assert backend.batches == []  # the slot is free, but the batch waits for it
         second = asyncio.create_task(batcher.infer(_image(2)))
         outputs = await asyncio.gather(first, second)
-        assert backend.batches == [[1, 2]]
+        assert backend.batches == [[1, 2]]  # it left when the awaited request arrived, not after 200 ms
         assert [o.scores.tolist() for o in outputs] == [[1], [2]]
+
+    asyncio.run(scenario())
+
+
+def test_max_wait_never_delays_a_caller_when_nothing_else_is_coming() -> None:
+    async def scenario() -> None:
+        backend = GatedBackend()
+        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8, max_wait_ms=60_000), slots=1, upstream=Upstream())
+        output = await asyncio.wait_for(batcher.infer(_image(5)), timeout=5)
+        assert output.scores.tolist() == [5]
+        assert backend.batches == [[5]]
+
+    asyncio.run(scenario())
+
+
+def test_max_wait_ends_when_the_awaited_request_does_not_come() -> None:
+    async def scenario() -> None:
+        backend = GatedBackend()
+        upstream = Upstream()
+        batcher = MicroBatcher(backend, BatchingOptions(max_batch=8, max_wait_ms=50), slots=1, upstream=upstream)
+        with upstream.coming():  # e.g. a request whose image turns out to be undecodable
+            output = await asyncio.wait_for(batcher.infer(_image(6)), timeout=5)
+        assert output.scores.tolist() == [6]
+        assert backend.batches == [[6]]
 
     asyncio.run(scenario())
 
@@ -196,8 +222,10 @@ def test_max_wait_gathers_requests_that_arrive_close_together() -> None:
 def test_max_wait_is_cut_short_by_a_full_batch() -> None:
     async def scenario() -> None:
         backend = GatedBackend()
-        batcher = MicroBatcher(backend, BatchingOptions(max_batch=3, max_wait_ms=60_000), slots=1)
-        outputs = await asyncio.wait_for(asyncio.gather(*(batcher.infer(_image(v)) for v in range(3))), timeout=5)
+        upstream = Upstream()
+        batcher = MicroBatcher(backend, BatchingOptions(max_batch=3, max_wait_ms=60_000), slots=1, upstream=upstream)
+        with upstream.coming():
+            outputs = await asyncio.wait_for(asyncio.gather(*(batcher.infer(_image(v)) for v in range(3))), timeout=5)
         assert backend.batches == [[0, 1, 2]]
         assert [int(o.scores[0]) for o in outputs] == [0, 1, 2]
 

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from visinspect_api.model_repository import ModelMetadata
 from visinspect_api.v1 import inspection_pb2, inspection_pb2_grpc
 from visinspect_server.backend import OpenVINOBackend, OpenVINOOptions
-from visinspect_server.batching import BatchingOptions, MicroBatcher
+from visinspect_server.batching import BatchingOptions, MicroBatcher, Upstream
 from visinspect_server.observability import Metrics
 from visinspect_server.pipeline import InspectionPipeline, PipelineLimits
 from visinspect_server.registry import BackendFactory, Loaded, ModelRegistry
@@ -43,12 +43,12 @@ def embedded_backend_factory(settings: ServerSettings) -> BackendFactory:
     return lambda folder, metadata: OpenVINOBackend(folder, metadata, options, core)
 
 
-def batched(factory: BackendFactory, options: BatchingOptions, metrics: Metrics) -> BackendFactory:
+def batched(factory: BackendFactory, options: BatchingOptions, upstream: Upstream, metrics: Metrics) -> BackendFactory:
     """Wrap every backend ``factory`` builds in a :class:`MicroBatcher` (one batch per free backend slot)."""
 
     def build(folder: Path, metadata: ModelMetadata) -> MicroBatcher:
         backend = factory(folder, metadata)
-        return MicroBatcher(backend, options, getattr(backend, "jobs", 1), metrics.batch_size.observe)
+        return MicroBatcher(backend, options, getattr(backend, "jobs", 1), upstream, metrics.batch_size.observe)
 
     return build
 
@@ -75,9 +75,10 @@ class InspectionServer:
             else:
                 backend_factory = embedded_backend_factory(settings)
         batching = BatchingOptions(settings.max_batch_size, settings.batch_wait_ms)
+        upstream = Upstream()
         self.registry = ModelRegistry(
             settings.model_repository,
-            batched(backend_factory, batching, self.metrics),
+            batched(backend_factory, batching, upstream, self.metrics),
             versions_per_model=settings.versions_per_model,
             only_models=settings.models,
             on_change=self._on_models_changed,
@@ -86,7 +87,7 @@ class InspectionServer:
         self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="visinspect")
         limits = PipelineLimits(settings.max_pixels, settings.max_file_bytes, settings.image_root)
         self._servicer = InspectionServicer(
-            InspectionPipeline(self.registry, self._executor, limits),
+            InspectionPipeline(self.registry, self._executor, limits, upstream),
             self.registry,
             self.metrics,
             settings.stream_max_in_flight,

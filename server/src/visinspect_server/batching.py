@@ -5,19 +5,20 @@ of N images costs far less than N inferences of one. :class:`MicroBatcher` is it
 :class:`~visinspect_server.backend.InferenceBackend`: callers send their images as before, and the
 batcher merges what arrives concurrently into one backend call.
 
-Policy: a batch leaves as soon as the backend has a free slot (``slots`` batches run at once). With
-one client there is nothing to wait for, so the unbatched latency is kept. Requests that arrive while
-every slot is busy queue up and leave together, up to ``max_batch`` images, when a slot frees. With
-``max_wait_ms`` > 0 a batch that is not full also waits up to that long for more images before it
-leaves: more batching under moderate load, at most that much extra latency.
+Policy: a batch leaves as soon as the backend has a free slot (``slots`` batches run at once).
+Requests that arrive while every slot is busy queue up and leave together, up to ``max_batch`` images,
+when a slot frees. A batch that is not full waits up to ``max_wait_ms`` for more images, but only
+while other requests are still on their way (:class:`Upstream`: being decoded and resized); so one
+client alone never waits, and under load batches fill up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,12 +28,28 @@ from visinspect_server.backend import InferenceBackend, RawOutput
 log = logging.getLogger(__name__)
 
 
+class Upstream:
+    """Requests on their way to a batcher (decoding, resizing); counted on the event loop."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @contextlib.contextmanager
+    def coming(self) -> Iterator[None]:
+        """Count one request for the ``with`` block."""
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+
+
 @dataclass(frozen=True)
 class BatchingOptions:
     """How requests are merged: at most ``max_batch`` images, waiting at most ``max_wait_ms`` to fill."""
 
-    max_batch: int = 8
-    max_wait_ms: float = 0.0
+    max_batch: int = 4
+    max_wait_ms: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -55,9 +72,11 @@ class MicroBatcher:
         backend: InferenceBackend,
         options: BatchingOptions,
         slots: int,
+        upstream: Upstream | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._backend = backend
+        self._upstream = upstream or Upstream()
         self._options = options
         self._free_slots = max(1, slots)
         self._waiting: deque[_Waiting] = deque()
@@ -99,7 +118,7 @@ class MicroBatcher:
             if not self._waiting:
                 return
             filling = self._queued_images < self._options.max_batch
-            if filling and self._options.max_wait_ms > 0:
+            if filling and self._options.max_wait_ms > 0 and self._upstream.count > 0:
                 if self._timer is None:
                     loop = asyncio.get_running_loop()
                     self._timer = loop.call_later(self._options.max_wait_ms / 1000, self._on_wait_over)

@@ -16,6 +16,7 @@ import numpy as np
 
 from visinspect_server import imaging, postprocess
 from visinspect_server.backend import RawOutput
+from visinspect_server.batching import Upstream
 from visinspect_server.errors import InvalidInputError
 from visinspect_server.registry import LoadedModel, ModelRegistry
 
@@ -93,10 +94,13 @@ class PipelineLimits:
 class InspectionPipeline:
     """Runs detections; CPU-bound stages go to a thread pool so the event loop keeps serving."""
 
-    def __init__(self, registry: ModelRegistry, executor: Executor, limits: PipelineLimits) -> None:
+    def __init__(
+        self, registry: ModelRegistry, executor: Executor, limits: PipelineLimits, upstream: Upstream | None = None
+    ) -> None:
         self._registry = registry
         self._executor = executor
         self._limits = limits
+        self._upstream = upstream or Upstream()
 
     async def detect(self, source: ImageSource, options: DetectOptions) -> Detection:
         """Score one image with the requested (or default) model version."""
@@ -104,7 +108,9 @@ class InspectionPipeline:
         threshold = _check_threshold(options.threshold)
         model = self._registry.resolve(options.model, options.version)
         contract = model.metadata.input
-        (batch, image_size, decoded), resized = await self._run(self._prepare, source, contract.height, contract.width)
+        with self._upstream.coming():  # lets the batcher know another image is on its way
+            prepared, resized = await self._run(self._prepare, source, contract.height, contract.width)
+        batch, image_size, decoded = prepared
         output = await model.backend.infer(batch)
         inferred = time.perf_counter()
         detection, finished = await self._run(_postprocess, model, options, threshold, image_size, output)

@@ -38,8 +38,8 @@ class ServerSettings:
     max_message_bytes: int = 64 * 1024 * 1024
     max_file_bytes: int = 64 * 1024 * 1024
     stream_max_in_flight: int = 4
-    max_batch_size: int = 8
-    batch_wait_ms: float = 0.0
+    max_batch_size: int = 4
+    batch_wait_ms: float = 2.0
     workers: int = max(2, os.cpu_count() or 2)
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
@@ -93,7 +93,7 @@ _HELP = {
     "max_file_bytes": "largest file read for a path input",
     "stream_max_in_flight": "requests processed at once per stream",
     "max_batch_size": "most images merged into one inference when requests arrive together (1: no batching)",
-    "batch_wait_ms": "how long a batch that is not full waits for more images once the backend is free",
+    "batch_wait_ms": "longest wait for more images while other requests are still being decoded",
     "workers": "threads for decoding and post-processing",
     "shutdown_grace_s": "seconds in-flight requests get to finish on SIGTERM",
     "log_level": "DEBUG, INFO, WARNING or ERROR",

@@ -1,0 +1,373 @@
+"""Turning the suite's measurements into per-phase summaries, the issue's targets, and a Markdown report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from benchmarks.load import INPUT_KINDS, Inputs, summary
+
+_STAGES = ("decode_ms", "preprocess_ms", "inference_ms", "postprocess_ms", "total_ms")
+
+
+def latency_entry(got: dict[str, list[tuple[float, Any]]], inputs: Inputs, labels: np.ndarray) -> dict[str, Any]:
+    """Summaries of one interleaved run: the facade (client and server stages, AUROC) and the in-process floor."""
+    calls = got["facade"]
+    replies = [reply for _, (_, reply) in calls]
+    client = [ms for ms, _ in calls]
+    entry: dict[str, Any] = {
+        "facade": summary(client),
+        "server_stage_p50_ms": {name: float(np.median([getattr(r.timing, name) for r in replies])) for name in _STAGES},
+        "outside_handler_p50_ms": float(
+            np.median([ms - r.timing.total_ms for ms, r in zip(client, replies, strict=True)])
+        ),
+    }
+    scores = {index: reply.raw_score for _, (index, reply) in calls}
+    if len(scores) == len(inputs):
+        from benchmarks.suite import auroc  # noqa: PLC0415 - one AUROC for the whole suite
+
+        entry["auroc_all_test_images"] = auroc([scores[i] for i in range(len(inputs))], labels)
+    if "in_process" in got:
+        stages = [stages for _, stages in got["in_process"]]
+        entry["in_process"] = {
+            "total": summary([sum(s) for s in stages]),
+            "decode": summary([s[0] for s in stages]),
+            "resize": summary([s[1] for s in stages]),
+            "inference": summary([s[2] for s in stages]),
+        }
+    return entry
+
+
+def _target(name: str, value: float | None, goal: str, met: bool | None, note: str = "") -> dict[str, Any]:
+    return {
+        "name": name,
+        "value": value if value is not None else float("nan"),
+        "goal": goal,
+        "met": bool(met),
+        "note": note,
+    }
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each a ratio of two numbers from this run."""
+    latency, throughput, anchors = r["latency"], r["throughput"], r["anchors"]
+    png = latency["png"]
+    facade_p50 = png["facade"]["p50_ms"]
+    out = []
+    ratio = facade_p50 / anchors["inferencer_default"]["latency"]["p50_ms"]
+    out.append(
+        _target(
+            "facade p50, PNG, 1 client / anomalib OpenVINOInferencer.predict(path) p50 (its default "
+            f"precision, {anchors['inferencer_default']['inference_precision']})",
+            ratio,
+            "<= 0.8",
+            ratio <= 0.8,
+        )
+    )
+    ratio = facade_p50 / anchors["inferencer_f32"]["latency"]["p50_ms"]
+    out.append(
+        _target(
+            "facade p50, PNG, 1 client / OpenVINOInferencer p50 at f32 (the facade's precision)",
+            ratio,
+            "<= 0.8",
+            ratio <= 0.8,
+        )
+    )
+    ratio = latency["bf16_png"]["facade"]["p50_ms"] / anchors["inferencer_default"]["latency"]["p50_ms"]
+    out.append(
+        _target(
+            "bf16 model's facade p50, PNG, 1 client / OpenVINOInferencer p50 at its default precision",
+            ratio,
+            "<= 0.8",
+            ratio <= 0.8,
+        )
+    )
+    ratio = facade_p50 / png["in_process"]["total"]["p50_ms"]
+    out.append(
+        _target("facade p50, PNG / the same decode + resize + inference in-process", ratio, "<= 1.1", ratio <= 1.1)
+    )
+    app_default = anchors["app_anomalib_default_throughput"]["throughput_fps"]
+    app_f32 = anchors["app_anomalib_f32_throughput"]["throughput_fps"]
+    raw8 = throughput["embedded"]["raw"][8]["images_per_s"]
+    out.append(
+        _target(
+            f"facade 8 clients, raw, f32 model / benchmark_app -hint throughput on anomalib's IR "
+            f"(default precision, {anchors['app_anomalib_default_throughput']['inference_precision']})",
+            raw8 / app_default,
+            ">= 1.2",
+            raw8 / app_default >= 1.2,
+        )
+    )
+    out.append(
+        _target(
+            "facade 8 clients, raw, f32 model / benchmark_app throughput on anomalib's IR at f32",
+            raw8 / app_f32,
+            ">= 1.2",
+            raw8 / app_f32 >= 1.2,
+        )
+    )
+    bf16_raw8 = throughput["embedded_bf16"]["raw"]["images_per_s"]
+    out.append(
+        _target(
+            "facade 8 clients, raw, bf16 model / benchmark_app throughput on anomalib's IR (default)",
+            bf16_raw8 / app_default,
+            ">= 1.2",
+            bf16_raw8 / app_default >= 1.2,
+        )
+    )
+    f32_auroc = png.get("auroc_all_test_images")
+    bf16_auroc = latency["bf16_png"].get("auroc_all_test_images")
+    if f32_auroc is not None and bf16_auroc is not None:
+        diff = abs(bf16_auroc - f32_auroc)
+        out.append(
+            _target(
+                "|image AUROC bf16 model - f32 model| on all bottle test images, through the facade",
+                diff,
+                "<= 0.002",
+                diff <= 0.002,
+            )
+        )
+    batching = latency["batching"]
+    ratio = batching["batched"]["p50_ms"] / batching["unbatched"]["p50_ms"]
+    out.append(
+        _target(
+            "micro-batching's latency price: batched p50 / unbatched p50, 1 client, PNG", ratio, "<= 1.1", ratio <= 1.1
+        )
+    )
+    gain = raw8 / throughput["embedded_unbatched"]["raw"]["images_per_s"]
+    out.append(_target("micro-batching's gain: batched / unbatched images/s, 8 clients, raw", gain, "> 1", gain > 1))
+    if "kserve" in throughput:
+        k = latency["kserve"]["png"]
+        ratio = k["kserve"]["p50_ms"] / k["embedded"]["p50_ms"]
+        out.append(_target("KServe backend p50 / embedded p50, 1 client, PNG", ratio, "<= 1.15", ratio <= 1.15))
+        for kind in ("png", "raw"):
+            ratio = throughput["kserve"][kind][8]["images_per_s"] / throughput["embedded"][kind][8]["images_per_s"]
+            out.append(_target(f"KServe backend / embedded images/s, 8 clients, {kind}", ratio, ">= 0.9", ratio >= 0.9))
+    idle = r["memory"]["idle"]["rss_mb"]
+    limit = 1.5 * r["model"]["ir_bin_mb"] + 150
+    out.append(
+        _target(
+            f"server idle RSS (MB) / (1.5 x IR {r['model']['ir_bin_mb']:.0f} MB + 150 MB)",
+            idle / limit,
+            "<= 1",
+            idle <= limit,
+        )
+    )
+    return out
+
+
+def _ms(stats: dict[str, float]) -> str:
+    return f"{stats['p50_ms']:.1f} / {stats['p99_ms']:.1f}"
+
+
+def _memory(stats: dict[str, float]) -> str:
+    return f"{stats['rss_mb']:.0f} MB ({stats['anon_mb']:.0f} MB anonymous, {stats['file_mb']:.0f} MB file-backed)"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def markdown(r: dict[str, Any]) -> str:  # noqa: PLR0915 - one section after the other
+    """The report: machine, targets, anchors, one-client latency, load, batching, precision, memory."""
+    m, model, anchors, latency, throughput = r["machine"], r["model"], r["anchors"], r["latency"], r["throughput"]
+    lines = [
+        "# Performance suite",
+        "",
+        f"Produced by `{r['command']}` on {m['date_utc']}.",
+        "",
+        f"**Machine:** {m['cpu_model']}, {m['usable_cores']} usable of {m['logical_cores']} logical cores, "
+        f"{m['memory_gib']} GiB, ISA {', '.join(m['isa'])}; OpenVINO {m['openvino']}, OpenCV {m['opencv']}, "
+        f"grpcio {m['grpcio']}, Python {m['python']}. Client, servers and anchors share these cores (loopback only).",
+        "",
+        f"**Model:** PaDiM, {model['backbone']}, {model['n_features']} features, {model['image_size']}×"
+        f"{model['image_size']}, trained on MVTec AD bottle in {model['fit_seconds']:.0f} s. Served IR "
+        f"{model['ir_precision']} at inference precision {model['inference_precision']} ({model['ir_bin_mb']:.0f} MB); "
+        f"anomalib's own export of the same checkpoint {model['anomalib_bin_mb']:.0f} MB, pre-processing in its graph: "
+        f"{model['anomalib_pre_processor']}.",
+        "",
+        f"**Inputs:** the {r['inputs']['images']} bottle test images ({r['inputs']['defective']} defective), "
+        f"{r['inputs']['size'][0]}×{r['inputs']['size'][1]}: "
+        f"PNG (mean {r['inputs']['mean_bytes']['png'] / 1e3:.0f} KB), "
+        f"JPEG q90 (mean {r['inputs']['mean_bytes']['jpeg'] / 1e3:.0f} KB), raw RGB "
+        f"({r['inputs']['mean_bytes']['raw'] / 1e3:.0f} KB). Latencies: medians (p50) and p99 after warm-up; "
+        "throughput: the median of several windows of closed-loop load.",
+        "",
+        "## Targets (ratios from this run)",
+        "",
+    ]
+    lines += _table(
+        ["target", "measured", "goal", ""],
+        [(t["name"], f"{t['value']:.3f}", t["goal"], "met" if t["met"] else "**missed**") for t in r["targets"]],
+    )
+    lines += ["## Anchors", ""]
+    rows = []
+    for key, label in (
+        ("served", "served IR (ours)"),
+        ("anomalib_default", "anomalib's IR, default precision"),
+        ("anomalib_f32", "anomalib's IR, f32"),
+    ):
+        lat, tput = anchors[f"app_{key}_latency"], anchors[f"app_{key}_throughput"]
+        rows.append(
+            (
+                f"benchmark_app, {label}",
+                lat["inference_precision"],
+                f"{lat['median_ms']:.1f}",
+                f"{tput['throughput_fps']:.1f} ({tput['num_streams']:.0f} streams)",
+            )
+        )
+    for key in ("default", "f32"):
+        run = anchors[f"inferencer_{key}"]
+        rows.append(
+            (
+                f"OpenVINOInferencer.predict(path), {key} config (AUROC {run['auroc']:.4f})",
+                run["inference_precision"],
+                f"{run['latency']['p50_ms']:.1f} (p99 {run['latency']['p99_ms']:.1f})",
+                f"{1e3 / run['latency']['p50_ms']:.1f} (1 caller)",
+            )
+        )
+    lines += _table(["anchor", "precision", "latency p50 ms", "images/s"], rows)
+    lines += ["Where the served model's time goes (OpenVINO per-layer counters, ms per image):", ""]
+    parts = sorted({p for run in r["profile"].values() for p in run if p != "wall"})
+    lines += _table(
+        ["batch", *parts, "wall"],
+        [(k.split("_")[1], *(run.get(p, 0) for p in parts), run["wall"]) for k, run in r["profile"].items()],
+    )
+    lines += ["## One client (embedded backend, LATENCY hint, micro-batching on)", ""]
+    rows = []
+    for kind in INPUT_KINDS:
+        e = latency[kind]
+        s, ip = e["server_stage_p50_ms"], e["in_process"]
+        rows.append(
+            (
+                kind,
+                _ms(e["facade"]),
+                _ms(ip["total"]),
+                f"{e['facade']['p50_ms'] / ip['total']['p50_ms']:.2f}",
+                f"{ip['decode']['p50_ms']:.1f} / {ip['resize']['p50_ms']:.1f} / {ip['inference']['p50_ms']:.1f}",
+                f"{s['decode_ms']:.1f} / {s['preprocess_ms']:.1f} / {s['inference_ms']:.1f} / "
+                f"{s['postprocess_ms']:.1f}",
+                f"{e['outside_handler_p50_ms']:.1f}",
+            )
+        )
+    lines += _table(
+        [
+            "input",
+            "facade p50 / p99 ms",
+            "in-process p50 / p99 ms",
+            "ratio p50",
+            "in-process decode / resize / infer",
+            "server decode / resize / infer / post",
+            "outside handler",
+        ],
+        rows,
+    )
+    b = latency["batching"]
+    lines += [
+        f"Batched vs unbatched server (PNG, interleaved): p50 {b['batched']['p50_ms']:.1f} vs "
+        f"{b['unbatched']['p50_ms']:.1f} ms, p99 {b['batched']['p99_ms']:.1f} vs {b['unbatched']['p99_ms']:.1f} ms."
+        f" Facade AUROC over all {r['inputs']['images']} test images (f32 model): "
+        f"{latency['png'].get('auroc_all_test_images', float('nan')):.4f}.",
+        "",
+    ]
+    for backend in ("embedded", "kserve"):
+        if backend not in throughput:
+            continue
+        lines += [f"## Load, {backend} backend (closed loop, one channel per client)", ""]
+        rows = []
+        for clients in sorted(throughput[backend]["png"]):
+            cells = [str(clients)]
+            for kind in INPUT_KINDS:
+                run = throughput[backend][kind][clients]
+                cells.append(
+                    f"**{run['images_per_s']:.1f}** ({run['latency']['p50_ms']:.0f} / "
+                    f"{run['latency']['p99_ms']:.0f}){' ' + str(run['errors']) + ' err' if run['errors'] else ''}"
+                )
+            run8 = throughput[backend]["raw"][clients]
+            cpu = f"{run8['server_cpu_ms_per_image']:.0f}"
+            if "model_server_cpu_ms_per_image" in run8:
+                cpu += f" + {run8['model_server_cpu_ms_per_image']:.0f}"
+            cells += [cpu, f"{run8['server_memory_mb'].get('peak_rss_mb', float('nan')):.0f}"]
+            rows.append(cells)
+        lines += _table(
+            [
+                "clients",
+                *(f"{k}: images/s (p50 / p99 ms)" for k in INPUT_KINDS),
+                "raw: CPU ms/image (facade + model server)",
+                "facade peak RSS MB",
+            ],
+            rows,
+        )
+    if "kserve" in latency:
+        rows = [
+            (kind, _ms(v["embedded"]), _ms(v["kserve"]), f"{v['kserve']['p50_ms'] / v['embedded']['p50_ms']:.2f}")
+            for kind, v in latency["kserve"].items()
+        ]
+        lines += [
+            "One client, embedded and KServe-backend facades interleaved (the model server is the KServe v2 "
+            "stand-in, kserve's ModelServer running OpenVINO, not OVMS itself):",
+            "",
+        ]
+        lines += _table(["input", "embedded p50 / p99 ms", "kserve p50 / p99 ms", "ratio p50"], rows)
+    lines += ["## Micro-batching and precision at 8 clients", ""]
+    rows = []
+    for label, key in (
+        ("f32, batched (default)", None),
+        ("f32, unbatched (--max-batch-size 1)", "embedded_unbatched"),
+        ("bf16 model, batched", "embedded_bf16"),
+    ):
+        for kind in ("raw", "png"):
+            run = throughput["embedded"][kind][8] if key is None else throughput[key][kind]
+            rows.append(
+                (
+                    label,
+                    kind,
+                    f"**{run['images_per_s']:.1f}**",
+                    f"{run['latency']['p50_ms']:.0f}",
+                    f"{run['latency']['p99_ms']:.0f}",
+                    f"{run['server_cpu_ms_per_image']:.0f}",
+                )
+            )
+    lines += _table(["server", "input", "images/s", "p50 ms", "p99 ms", "CPU ms/image"], rows)
+    bf = latency["bf16_png"]
+    lines += [
+        f"bf16 model, one client, PNG: p50 {bf['facade']['p50_ms']:.1f} ms; AUROC over all test images "
+        f"{bf.get('auroc_all_test_images', float('nan')):.4f}. Export evaluation (held-out half): "
+        + ", ".join(
+            f"{name} AUROC {ev['image_auroc']:.4f}, max relative score difference to torch "
+            f"{ev['max_rel_score_diff_vs_torch']:.1e}"
+            for name, ev in model["evaluation"].items()
+        )
+        + ".",
+        "",
+    ]
+    mem, inst = r["memory"], r["install"]
+    lines += ["## Memory and install size", ""]
+    lines += _table(
+        ["what", "value"],
+        [
+            ("facade RSS, idle after loading the model", _memory(mem["idle"])),
+            ("the same, unbatched server (--max-batch-size 1)", _memory(mem["idle_unbatched"])),
+            ("facade peak RSS, after all embedded load", f"{mem['after_load']['peak_rss_mb']:.0f} MB"),
+            ("served IR (.bin)", f"{model['ir_bin_mb']:.0f} MB"),
+            (
+                "server install (visinspect-server and its dependency closure)",
+                f"{inst['total_mb']:.0f} MB in {inst['packages']} packages; torch: {inst['includes_torch']}, "
+                f"anomalib: {inst['includes_anomalib']}; largest: "
+                + ", ".join(f"{k} {v:.0f} MB" for k, v in inst["largest_mb"].items()),
+            ),
+        ],
+    )
+    lines += ["## Background load", "", "Share of CPU used by processes outside this run, per phase (/proc/stat).", ""]
+    lines += _table(
+        ["phase", "foreign CPU", "load avg start → end"],
+        [
+            (name, f"{p['foreign_cpu_share']:.0%}", f"{p['loadavg_1min_start']:.2f} → {p['loadavg_1min_end']:.2f}")
+            for name, p in r["background"].items()
+        ],
+    )
+    return "\n".join(lines)
