@@ -102,13 +102,14 @@ def model_profile(xml: Path, precision: str) -> dict[str, dict[str, float]]:
         for _ in range(3):
             request.infer({0: images})
         parts: collections.Counter[str] = collections.Counter()
-        rounds = 10
-        started = time.perf_counter()
+        rounds, walls = 10, []
         for _ in range(rounds):
+            started = time.perf_counter()
             request.infer({0: images})
+            walls.append((time.perf_counter() - started) * 1e3 / batch)
             for layer in request.profiling_info:
                 parts[_part(layer.node_name)] += layer.real_time.total_seconds() * 1e3 / rounds / batch
-        wall = (time.perf_counter() - started) * 1e3 / rounds / batch
+        wall = float(np.median(walls))
         result[f"batch_{batch}"] = {name: round(ms, 2) for name, ms in parts.most_common()} | {"wall": round(wall, 2)}
     return result
 
@@ -137,7 +138,7 @@ def one_client(args: argparse.Namespace, calls: dict[str, Any]) -> dict[str, lis
 
 def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[str, Any]:  # noqa: PLR0915
     """Every phase; returns the results dictionary."""
-    paths = sorted((args.dataset_root / CATEGORY / "test").glob("*/*.png"))
+    paths = sorted((args.dataset_root.resolve() / CATEGORY / "test").glob("*/*.png"))
     if not paths:
         raise SystemExit(f"suite: no images under {args.dataset_root / CATEGORY / 'test'}/*/*.png (MVTec AD bottle)")
     inputs = Inputs.load(paths)

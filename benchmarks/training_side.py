@@ -57,6 +57,7 @@ def anchor(xml: Path, images: list[str], config: dict[str, str], warmup: int) ->
     """``OpenVINOInferencer.predict(path)`` per image, after ``warmup`` calls: latencies (ms) and scores."""
     from anomalib.deploy import OpenVINOInferencer  # noqa: PLC0415
 
+    os.chdir(xml.parent)  # the inferencer writes an openvino_cache folder into the working directory
     inferencer = OpenVINOInferencer(path=xml, device="CPU", config=config or None)
     for path in images[:warmup]:
         inferencer.predict(path)

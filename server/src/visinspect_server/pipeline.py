@@ -113,7 +113,11 @@ class InspectionPipeline:
         batch, image_size, decoded = prepared
         output = await model.backend.infer(batch)
         inferred = time.perf_counter()
-        detection, finished = await self._run(_postprocess, model, options, threshold, image_size, output)
+        if options.anomaly_map or options.mask or options.regions:
+            detection, finished = await self._run(_postprocess, model, options, threshold, image_size, output)
+        else:  # a verdict is a few float operations: not worth a thread hop
+            detection = _postprocess(model, options, threshold, image_size, output)
+            finished = time.perf_counter()
         timing = StageTimes(
             decode_ms=(decoded - started) * 1e3,
             preprocess_ms=(resized - decoded) * 1e3,
