@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +12,16 @@ import numpy as np
 from benchmarks.load import INPUT_KINDS, Inputs, summary
 
 _STAGES = ("decode_ms", "preprocess_ms", "inference_ms", "postprocess_ms", "total_ms")
+
+
+def load(text: str) -> dict[str, Any]:
+    """A ``suite.json`` back as the suite made it (JSON turned the client counts into strings)."""
+    results = json.loads(text)
+    for backend, kinds in results["throughput"].items():
+        if backend in ("embedded", "kserve"):
+            for kind, runs in kinds.items():
+                kinds[kind] = {int(clients): run for clients, run in runs.items()}
+    return results
 
 
 def latency_entry(got: dict[str, list[tuple[float, Any]]], inputs: Inputs, labels: np.ndarray) -> dict[str, Any]:
@@ -40,6 +52,13 @@ def latency_entry(got: dict[str, list[tuple[float, Any]]], inputs: Inputs, label
     return entry
 
 
+def _precision(value: str) -> str:
+    """OpenVINO's spellings (``<Type: 'bfloat16'>``, ``bfloat16``) as ``bf16``/``f32``; others unchanged."""
+    found = re.fullmatch(r"<Type: '(\w+)'>", str(value))
+    name = found.group(1) if found else str(value)
+    return {"bfloat16": "bf16", "float32": "f32"}.get(name, name)
+
+
 def _target(name: str, value: float | None, goal: str, met: bool | None, note: str = "") -> dict[str, Any]:
     return {
         "name": name,
@@ -60,7 +79,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     out.append(
         _target(
             "facade p50, PNG, 1 client / anomalib OpenVINOInferencer.predict(path) p50 (its default "
-            f"precision, {anchors['inferencer_default']['inference_precision']})",
+            f"precision, {_precision(anchors['inferencer_default']['inference_precision'])})",
             ratio,
             "<= 0.8",
             ratio <= 0.8,
@@ -94,7 +113,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     out.append(
         _target(
             f"facade 8 clients, raw, f32 model / benchmark_app -hint throughput on anomalib's IR "
-            f"(default precision, {anchors['app_anomalib_default_throughput']['inference_precision']})",
+            f"(default precision, {_precision(anchors['app_anomalib_default_throughput']['inference_precision'])})",
             raw8 / app_default,
             ">= 1.2",
             raw8 / app_default >= 1.2,
@@ -215,7 +234,7 @@ def markdown(r: dict[str, Any]) -> str:  # noqa: PLR0915 - one section after the
         rows.append(
             (
                 f"benchmark_app, {label}",
-                lat["inference_precision"],
+                _precision(lat["inference_precision"]),
                 f"{lat['median_ms']:.1f}",
                 f"{tput['throughput_fps']:.1f} ({tput['num_streams']:.0f} streams)",
             )
@@ -225,7 +244,7 @@ def markdown(r: dict[str, Any]) -> str:  # noqa: PLR0915 - one section after the
         rows.append(
             (
                 f"OpenVINOInferencer.predict(path), {key} config (AUROC {run['auroc']:.4f})",
-                run["inference_precision"],
+                _precision(run["inference_precision"]),
                 f"{run['latency']['p50_ms']:.1f} (p99 {run['latency']['p99_ms']:.1f})",
                 f"{1e3 / run['latency']['p50_ms']:.1f} (1 caller)",
             )

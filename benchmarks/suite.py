@@ -67,6 +67,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kserve", action=argparse.BooleanOptionalAction, default=KSERVE_PYTHON.exists())
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer calls, shorter windows")
     parser.add_argument(
+        "--report-from", type=Path, help="only rewrite suite.md (and the targets) from an earlier suite.json"
+    )
+    parser.add_argument(
         "--scratch", type=Path, help="keep the trained model and exports here and reuse them on the next run"
     )
     args = parser.parse_args(argv)
@@ -352,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("benchmarks").setLevel(logging.INFO)
     command = shlex.join([".venv/bin/python", "-m", "benchmarks.suite", *(argv if argv is not None else sys.argv[1:])])
+    if args.report_from is not None:
+        results = report.load(args.report_from.read_text())
+        return _write(results, args.out_dir)
     meter = CpuMeter()
     with contextlib.ExitStack() as stack:
         scratch = args.scratch or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="visinspect-suite-")))
@@ -359,10 +365,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = measure(args, scratch.resolve(), meter)
     results["command"] = command
     results["background"] = meter.phases
+    return _write(results, args.out_dir)
+
+
+def _write(results: dict[str, Any], out_dir: Path) -> int:
     results["targets"] = report.targets(results)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "suite.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (args.out_dir / "suite.md").write_text(report.markdown(results))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "suite.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out_dir / "suite.md").write_text(report.markdown(results))
     for target in results["targets"]:
         print(f"{'met ' if target['met'] else 'MISS'} {target['name']}: {target['value']:.3g} (goal {target['goal']})")
     return 0

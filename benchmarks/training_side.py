@@ -72,7 +72,7 @@ def anchor(xml: Path, images: list[str], config: dict[str, str], warmup: int) ->
         "latency_ms": latencies,
         "scores": scores,
         "config": config,
-        "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+        "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
         "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
     }
 
