@@ -142,7 +142,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         diff = abs(bf16_auroc - f32_auroc)
         out.append(
             _target(
-                "|image AUROC bf16 model - f32 model| on all bottle test images, through the facade",
+                "image AUROC difference, bf16 model vs f32 model, all bottle test images through the facade",
                 diff,
                 "<= 0.002",
                 diff <= 0.002,
