@@ -154,13 +154,31 @@ def test_grey_jpeg_is_replicated_to_three_channels() -> None:
     assert (decoded[..., 0] == decoded[..., 1]).all() and (decoded[..., 1] == decoded[..., 2]).all()
 
 
-def test_16_bit_grey_png_keeps_the_high_byte() -> None:
-    values = np.array([[0, 255, 256, 511, 32768, 33000, 65280, 65535]], np.uint16)
-    decoded = decode_image(cv2_encode(values, ".png"), BUDGET)
-    assert_rgb8(decoded, 1, 8)
-    expected = [0, 0, 1, 1, 128, 128, 255, 255]  # v >> 8, not round(v / 257) (which gives 1 for 256, 2 for 511)
+def test_16_bit_grey_png_is_clipped_like_training_sees_it() -> None:
+    values = np.array([[0, 200, 255, 256, 511, 32768, 65535]], np.uint16)
+    data = cv2_encode(values, ".png")
+    decoded = decode_image(data, BUDGET)
+    assert_rgb8(decoded, 1, 7)
+    expected = [0, 200, 255, 255, 255, 255, 255]  # min(v, 255): Pillow clips 16-bit grey, it does not scale
     for channel in range(3):
         assert decoded[0, :, channel].tolist() == expected
+    np.testing.assert_array_equal(decoded, np.array(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_16_bit_grey_png_with_a_transparent_colour_is_clipped_too() -> None:
+    values = np.array([0, 200, 1000, 65535], np.uint16)
+    rows = b"\x00" + values.astype(">u2").tobytes()
+    ihdr = struct.pack(">IIBBBBB", 4, 1, 16, 0, 0, 0, 0)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"tRNS", struct.pack(">H", 1000))
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
+    decoded = decode_image(data, BUDGET)
+    assert decoded[..., 0].tolist() == [[0, 200, 255, 255]]
+    np.testing.assert_array_equal(decoded, np.array(Image.open(io.BytesIO(data)).convert("RGB")))
 
 
 @pytest.mark.parametrize("ext", [".png", ".tiff"])
@@ -173,9 +191,28 @@ def test_16_bit_rgb_keeps_the_high_byte_in_every_format(ext: str) -> None:
     assert decoded.tolist() == [[[1, 1, 255], [128, 0, 0]]]
 
 
-def test_16_bit_grey_tiff_keeps_the_high_byte() -> None:
-    decoded = decode_image(cv2_encode(np.array([[511, 40000]], np.uint16), ".tiff"), BUDGET)
-    assert decoded[..., 0].tolist() == [[1, 156]]
+@pytest.mark.parametrize("dtype", ["<u2", ">u2"])
+def test_16_bit_grey_tiff_is_clipped_like_training_sees_it(dtype: str) -> None:
+    data = pil_encode(Image.fromarray(np.array([[7, 255, 511, 40000]], dtype)), "TIFF")
+    decoded = decode_image(data, BUDGET)
+    assert decoded[..., 0].tolist() == [[7, 255, 255, 255]]
+    np.testing.assert_array_equal(decoded, np.array(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_16_bit_grey_alpha_png_keeps_the_high_byte_like_pillow() -> None:
+    values = np.array([[0, 255, 256, 40000, 65535]], np.uint16)
+    pairs = np.stack([values, np.full_like(values, 65535)], axis=-1)
+    rows = b"\x00" + pairs.astype(">u2").tobytes()
+    ihdr = struct.pack(">IIBBBBB", 5, 1, 16, 4, 0, 0, 0)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
+    decoded = decode_image(data, BUDGET)
+    assert decoded[..., 0].tolist() == [[0, 0, 1, 156, 255]]
+    np.testing.assert_array_equal(decoded, np.array(Image.open(io.BytesIO(data)).convert("RGB")))
 
 
 def test_16_bit_rgba_png_drops_alpha_and_keeps_the_high_byte() -> None:

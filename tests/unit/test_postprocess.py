@@ -14,6 +14,7 @@ from anomalib.post_processing.post_processor import PostProcessor
 from PIL import Image
 
 from visinspect_server.postprocess import (
+    MAX_REGIONS,
     Calibration,
     Region,
     Verdict,
@@ -485,13 +486,38 @@ def test_regions_use_the_normalised_threshold() -> None:
     assert len(find_regions(scores, 0.0, (256, 256))) == 1  # everything, one component
 
 
-def test_regions_at_the_most_components_a_model_size_map_can_have() -> None:
+def test_regions_at_the_most_components_a_model_size_map_can_have_are_capped() -> None:
     scores = np.zeros((256, 256), dtype=np.float32)
     scores[::2, ::2] = 0.9  # isolated pixels: 128 x 128 components (16-bit labels)
+    scores[100, 100] = 0.95  # the highest peak among equal areas comes first
     regions = find_regions(scores, 0.5, (256, 256))
-    assert len(regions) == 128 * 128
-    assert regions[0] == Region(x=0, y=0, width=1, height=1, area=1, peak_score=f32(0.9), mean_score=f32(0.9))
-    assert regions[-1] == Region(x=254, y=254, width=1, height=1, area=1, peak_score=f32(0.9), mean_score=f32(0.9))
+    assert len(regions) == MAX_REGIONS == 100
+    assert regions[0] == Region(x=100, y=100, width=1, height=1, area=1, peak_score=f32(0.95), mean_score=f32(0.95))
+    assert regions[1] == Region(x=0, y=0, width=1, height=1, area=1, peak_score=f32(0.9), mean_score=f32(0.9))
+    assert regions[-1] == Region(x=196, y=0, width=1, height=1, area=1, peak_score=f32(0.9), mean_score=f32(0.9))
+    everything = find_regions(scores, 0.5, (256, 256), max_regions=128 * 128)
+    assert len(everything) == 128 * 128
+    assert everything[-1] == Region(x=254, y=254, width=1, height=1, area=1, peak_score=f32(0.9), mean_score=f32(0.9))
+    assert everything[:MAX_REGIONS] == regions
+
+
+def test_region_cap_keeps_the_largest_regions() -> None:
+    scores = np.zeros((64, 64), dtype=np.float32)
+    scores[0:32:4, ::4] = 0.9  # 128 specks of one pixel
+    scores[40:44, 40:50] = 0.8  # a 4 x 10 block, the largest region
+    scores[50:52, 20:23] = 0.7  # a 2 x 3 block, the second largest
+    regions = find_regions(scores, 0.5, (64, 64), max_regions=3)
+    assert [(r.x, r.y, r.width, r.height, r.area) for r in regions] == [
+        (40, 40, 10, 4, 40),
+        (20, 50, 3, 2, 6),
+        (0, 0, 1, 1, 1),
+    ]
+
+
+@pytest.mark.parametrize("max_regions", [0, -1])
+def test_region_cap_must_be_positive(max_regions: int) -> None:
+    with pytest.raises(ValueError, match="max_regions must be at least 1"):
+        find_regions(np.zeros((4, 4), np.float32), 0.5, (4, 4), max_regions=max_regions)
 
 
 def test_regions_on_a_map_too_large_for_16_bit_labels() -> None:

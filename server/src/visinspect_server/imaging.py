@@ -13,9 +13,18 @@ Decoding policy, the same for every request path:
   path premultiplies unassociated alpha, and GIF, because OpenCV (4.11+; older builds cannot read GIF
   at all) paints transparent pixels with the background colour instead of their palette colour.
 * Multi-frame files (animated GIF, multi-page TIFF): only the first frame or page is used.
-* 16-bit samples become 8-bit by keeping the high byte (``v >> 8``, i.e. ``floor(v / 256)``), as
-  libpng's ``strip_16`` and Pillow's 16-bit RGB PNG reader do. It is not ``round(v / 257)``:
-  the two differ by at most one level.
+* Damaged files are refused when the decoder reports an error (bad headers or tables, truncation, a
+  PNG CRC mismatch). A JPEG whose headers are all valid but whose entropy-coded scan holds noise is
+  decoded by libjpeg to garbage pixels with only a warning, and is accepted: nothing tells it from an
+  odd image, and the model is the judge of odd images.
+* 16-bit samples become 8-bit exactly as training's reader makes them (anomalib:
+  ``Image.open(path).convert("RGB")``), so a model sees the same pixels at training and inference:
+
+  - colour and grey+alpha (RGB, RGBA, LA): the high byte (``v >> 8``, i.e. ``floor(v / 256)``), as
+    libpng's ``strip_16`` and Pillow's 16-bit readers do; not ``round(v / 257)`` (one level apart);
+  - grey without alpha (Pillow mode ``I;16``): ``min(v, 255)``, because Pillow *clips* 16-bit grey to
+    8 bits instead of scaling it. A grey image using the full 16-bit range therefore looks almost
+    white, at training and here alike: convert such images to 8 bits before training and serving.
 * Grey is replicated to RGB, palettes are expanded to their colours, alpha is dropped (never
   composited), CMYK JPEGs are converted to RGB by libjpeg.
 * EXIF orientation is NOT applied: pixels are used in the order they are stored. Training reads
@@ -257,8 +266,13 @@ def _check_budget(width: int, height: int, max_pixels: int) -> None:
 
 
 def _to_rgb8(decoded: np.ndarray) -> np.ndarray:
-    """OpenCV's IMREAD_UNCHANGED result (1, 3 or 4 channels in BGR(A) order, 8 or 16 bit) -> RGB uint8."""
-    if decoded.dtype == np.uint16:
+    """OpenCV's IMREAD_UNCHANGED result (1, 3 or 4 channels in BGR(A) order, 8 or 16 bit) -> RGB uint8.
+
+    16-bit grey is clipped to 255, other 16-bit samples keep their high byte (see the module docstring).
+    """
+    if decoded.dtype == np.uint16 and decoded.ndim == 2:  # 16-bit grey: clipped, as Pillow does
+        decoded = np.minimum(decoded, 255).astype(np.uint8)
+    elif decoded.dtype == np.uint16:
         decoded = np.right_shift(decoded, 8, out=np.empty(decoded.shape, np.uint8), casting="unsafe")
     elif decoded.dtype != np.uint8:
         raise InvalidInputError(

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import overload
+from typing import Final, overload
 
 import cv2
 import numpy as np
+
+MAX_REGIONS: Final[int] = 100
+"""Most regions :func:`find_regions` returns: the largest ones. A noisy map can have thousands of specks
+(one per 2 x 2 block: 16,384 at 256 x 256), which would bloat every response for no use."""
 
 
 @dataclass(frozen=True)
@@ -167,15 +171,20 @@ def mask_png(normalized_map: np.ndarray, threshold: float, size: tuple[int, int]
     return _encode_png(mask)
 
 
-def find_regions(normalized_map: np.ndarray, threshold: float, original_size: tuple[int, int]) -> list[Region]:
-    """Connected regions (8-connectivity) of the mask ``normalized_map > threshold``, in original pixels.
+def find_regions(
+    normalized_map: np.ndarray, threshold: float, original_size: tuple[int, int], max_regions: int = MAX_REGIONS
+) -> list[Region]:
+    """The ``max_regions`` largest connected regions (8-connectivity) of ``normalized_map > threshold``.
 
     ``original_size`` is (height, width). Components are found on the map as given (model size); each
     box is scaled to the original image and rounded outward, so it covers the component and stays in the
     image; the area is the pixel count times both scales, rounded half up, and at least 1. Peak and mean
-    are over the component's map pixels. Largest area first, then higher peak, then top-left first.
+    are over the component's map pixels. Largest area first, then higher peak, then top-left first; only
+    the first ``max_regions`` of that order are returned (the mask PNG still shows every pixel).
     """
     _check_unit("threshold", threshold)
+    if max_regions < 1:
+        raise ValueError(f"max_regions must be at least 1, got {max_regions}")
     scores = _as_map(normalized_map)
     out_h, out_w = _check_size(original_size)
     map_h, map_w = scores.shape
@@ -208,7 +217,7 @@ def find_regions(normalized_map: np.ndarray, threshold: float, original_size: tu
     scaled_area = np.maximum((2 * area * out_w * out_h + denominator) // (2 * denominator), 1)
     means = sums[1:] / area
     peaks = peaks[1:]
-    order = np.lexsort((x, y, -peaks, -area))  # last key is the primary one
+    order = np.lexsort((x, y, -peaks, -area))[:max_regions]  # last key is the primary one
     columns = zip(
         x0[order].tolist(),
         y0[order].tolist(),
