@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -353,6 +354,31 @@ def test_stream_flow_control_bounds_what_the_server_reads(served) -> None:
         received = [r.request_id for r in responses]
     assert stalled_at < total, "the server kept consuming requests although nobody read its responses"
     assert received == [str(i) for i in range(total)]
+
+
+def test_stream_answers_each_frame_without_waiting_for_the_next(served, synthetic_category) -> None:
+    """A camera loop sends a frame, waits for its result, then sends the next: each answer must come now."""
+    import queue
+
+    frames = [path.read_bytes() for path in sorted((synthetic_category / "test" / "good").glob("*.png"))[:3]]
+    outgoing: queue.Queue = queue.Queue()
+
+    def requests():
+        while (request := outgoing.get()) is not None:
+            yield request
+
+    with served.channel() as channel:
+        responses = served.stub(channel).DetectStream(requests(), timeout=120)
+        answered = []
+        for index, frame in enumerate(frames):
+            outgoing.put(pb.DetectRequest(request_id=f"frame-{index}", image=pb.ImageInput(encoded=frame)))
+            waiter = ThreadPoolExecutor(1)
+            reply = waiter.submit(next, responses).result(timeout=30)  # before the fix: only at the stream's end
+            waiter.shutdown()
+            answered.append((reply.request_id, reply.WhichOneof("outcome")))
+        outgoing.put(None)
+        assert list(responses) == []
+    assert answered == [(f"frame-{i}", "result") for i in range(len(frames))]
 
 
 def test_health_command_for_container_checks(served) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 from collections.abc import AsyncIterator
 
 import grpc
@@ -37,20 +36,33 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
     async def DetectStream(
         self, requests: AsyncIterator[pb.DetectRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DetectStreamResponse]:
-        # A bounded window of tasks: while it is full we await the oldest and yield it, so a client
-        # that stops reading stops us reading (no unbounded buffering), and responses keep their order.
-        window: collections.deque[tuple[str, asyncio.Task[Detection]]] = collections.deque()
+        # A reader task takes requests while fewer than stream_max_in_flight are unanswered; responses
+        # go out in order as soon as each is ready. A client that stops reading blocks our writes, so
+        # no slot frees and we stop reading too: nothing is buffered without bound.
+        slots = asyncio.Semaphore(self.stream_max_in_flight)
+        started: asyncio.Queue[tuple[str, asyncio.Task[Detection]] | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await slots.acquire()
+                    request_id = request.request_id or new_request_id()
+                    started.put_nowait((request_id, asyncio.create_task(self._stream_item(request, request_id))))
+            finally:
+                started.put_nowait(None)
+
+        reader = asyncio.create_task(read())
         try:
-            async for request in requests:
-                request_id = request.request_id or new_request_id()
-                window.append((request_id, asyncio.create_task(self._stream_item(request, request_id))))
-                if len(window) >= self.stream_max_in_flight:
-                    yield await self._stream_response(*window.popleft())
-            while window:
-                yield await self._stream_response(*window.popleft())
+            while (item := await started.get()) is not None:
+                yield await self._stream_response(*item)
+                slots.release()
+            await reader  # re-raises a failure to read the request stream
         finally:
-            for _, task in window:
-                task.cancel()
+            reader.cancel()
+            while not started.empty():
+                item = started.get_nowait()
+                if item is not None:
+                    item[1].cancel()
 
     @unary_rpc
     async def ListModels(
