@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -14,9 +14,6 @@ from visinspect_server.local import LocalServer
 
 class ServerProcess(LocalServer):
     """A LocalServer with the helpers tests use."""
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address)
 
     def stub(self, channel: grpc.Channel) -> inspection_pb2_grpc.InspectionServiceStub:
         return inspection_pb2_grpc.InspectionServiceStub(channel)
@@ -31,8 +28,18 @@ class ServerProcess(LocalServer):
         raise TimeoutError(f"no log line containing {text!r}; last lines: {self.logs[-5:]}")
 
 
-def start_server(repository: Path, extra_args: Sequence[str] = (), wait_serving: bool = True) -> ServerProcess:
-    """Start the server on free ports polling the repository every 0.3 s; return once it listens/serves."""
-    server = ServerProcess(repository, ["--poll-interval-s", "0.3", *extra_args])
+def start_server(
+    repository: Path,
+    extra_args: Sequence[str] = (),
+    wait_serving: bool = True,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ServerProcess:
+    """Start the server on free ports polling the repository every 0.3 s; return once it listens/serves.
+
+    ``credentials`` (TLS) are used by the health checks and ``channel()``; ``env`` adds environment variables.
+    """
+    server = ServerProcess(repository, ["--poll-interval-s", "0.3", *extra_args], credentials=credentials, env=env)
     server.start(wait_serving=wait_serving)
     return server

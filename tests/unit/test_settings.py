@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from visinspect_server.security import ServerSecurity, TokenAuthInterceptor, parse_tokens, read_token_file
 from visinspect_server.settings import ServerSettings, add_arguments, settings_from
 
 
@@ -54,6 +55,11 @@ def test_types_are_converted() -> None:
         (["--model-repository", "r", "--log-json", "maybe"], "log_json must be true or false"),
         (["--model-repository", "r", "--performance-hint", "fast"], "invalid setting performance_hint"),
         (["--model-repository", "r", "--max-pixels", "0"], "invalid setting max_pixels"),
+        (["--model-repository", "r", "--max-concurrent-streams", "0"], "invalid setting max_concurrent_streams=0"),
+        (["--model-repository", "r", "--tls-cert", "c.pem"], "tls_cert and tls_key go together"),
+        (["--model-repository", "r", "--tls-key", "k.pem"], "tls_cert and tls_key go together"),
+        (["--model-repository", "r", "--tls-client-ca", "ca.pem"], r"tls_client_ca \(mutual TLS\) needs tls_cert"),
+        (["--model-repository", "r", "--auth-tokens", "a,b c"], "auth_tokens must be non-empty and free of white"),
     ],
 )
 def test_invalid_settings(argv: list[str], message: str) -> None:
@@ -65,3 +71,70 @@ def test_every_setting_is_in_the_readme() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
     for spec in fields(ServerSettings):
         assert f"`--{spec.name.replace('_', '-')}` | `VISINSPECT_{spec.name.upper()}`" in readme, spec.name
+
+
+def test_security_settings() -> None:
+    assert parse(["--model-repository", "r"], {}).max_concurrent_streams == 100
+    environ = {"VISINSPECT_AUTH_TOKENS": " first , second,, ", "VISINSPECT_TLS_CLIENT_CA": "~/ca.pem"}
+    settings = parse(
+        ["--model-repository", "r", "--tls-cert", "/etc/c.pem", "--tls-key", "/etc/k.pem",
+         "--auth-tokens-file", "/etc/tokens", "--max-concurrent-streams", "8"],
+        environ,
+    )  # fmt: skip
+    assert (settings.tls_cert, settings.tls_key) == (Path("/etc/c.pem"), Path("/etc/k.pem"))
+    assert settings.tls_client_ca == Path.home() / "ca.pem"
+    assert settings.auth_tokens_file == Path("/etc/tokens")
+    assert settings.auth_tokens == ("first", "second")
+    assert settings.max_concurrent_streams == 8
+    assert "first" not in repr(settings) and "second" not in repr(settings)  # tokens stay out of logs
+
+
+def test_parse_tokens_skips_comments_and_blank_lines() -> None:
+    lines = ["# cameras of line 1", "", "  alpha  ", "\t# indented comment", "beta", "   "]
+    assert parse_tokens(lines) == ("alpha", "beta")
+    assert parse_tokens([]) == ()
+    with pytest.raises(ValueError, match="^line 3: a token may not contain white space$"):
+        parse_tokens(["a", "# b c", "d e"])
+
+
+def test_read_token_file(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("one\n# two\nthree\n")
+    assert read_token_file(path) == ("one", "three")
+    path.write_text("# none yet\n\n")
+    with pytest.raises(ValueError, match="holds no token"):
+        read_token_file(path)
+    path.write_bytes(b"\xff\xfe token")
+    with pytest.raises(ValueError, match="cannot read auth_tokens_file"):
+        read_token_file(path)
+    with pytest.raises(ValueError, match="No such file or directory"):
+        read_token_file(tmp_path / "missing")
+
+
+def test_server_security_from_settings(tmp_path: Path) -> None:
+    plain = ServerSecurity.from_settings(ServerSettings(tmp_path))
+    assert (plain.credentials, plain.tokens, plain.interceptors()) == (None, (), [])
+    assert plain.describe() == "plaintext, no tokens"
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("shared\nfrom-file\n")
+    settings = ServerSettings(tmp_path, auth_tokens=("shared", "from-env"), auth_tokens_file=tokens_file)
+    security = ServerSecurity.from_settings(settings)
+    assert security.tokens == (b"shared", b"from-env", b"from-file")
+    assert security.describe() == "plaintext, bearer tokens (3)"
+    assert [type(interceptor) for interceptor in security.interceptors()] == [TokenAuthInterceptor]
+    assert "from-env" not in repr(security)
+
+
+def test_unusable_pem_files_are_reported(tmp_path: Path) -> None:
+    text = tmp_path / "text.pem"
+    text.write_text("not a certificate\n")
+    missing = tmp_path / "missing.pem"
+    cases = [
+        (ServerSettings(tmp_path, tls_cert=missing, tls_key=text), f"cannot read tls_cert '{missing}': No such file"),
+        (ServerSettings(tmp_path, tls_cert=text, tls_key=text), f"tls_cert '{text}' is not a PEM certificate"),
+    ]
+    for settings, message in cases:
+        with pytest.raises(ValueError, match=f"^{message}"):
+            ServerSecurity.from_settings(settings)
+    with pytest.raises(ValueError, match="at least one token"):
+        TokenAuthInterceptor(())

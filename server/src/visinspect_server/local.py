@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -24,12 +24,26 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class LocalServer:
-    """``visinspect-server serve`` on free loopback ports, with its JSON log lines collected."""
+    """``visinspect-server serve`` on free loopback ports, with its JSON log lines collected.
 
-    def __init__(self, repository: Path, extra_args: Sequence[str] = (), startup_timeout_s: float = 120.0) -> None:
+    Give ``credentials`` (``grpc.ssl_channel_credentials``, with a client certificate for mutual TLS) when
+    ``extra_args`` turn TLS on: the health checks use them. ``env`` adds environment variables for the child.
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        extra_args: Sequence[str] = (),
+        startup_timeout_s: float = 120.0,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.repository = repository
         self.extra_args = tuple(extra_args)
         self.startup_timeout_s = startup_timeout_s
+        self.credentials = credentials
+        self.env = dict(env or {})
         self.logs: list[dict] = []
         self.port = 0
         self.metrics_port = 0
@@ -47,7 +61,7 @@ class LocalServer:
             sys.executable, "-m", "visinspect_server.main", "serve", "--model-repository", str(self.repository),
             "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--log-json", "true", *self.extra_args,
         ]  # fmt: skip
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         threading.Thread(target=self._collect_logs, daemon=True).start()
         if not self._listening.wait(self.startup_timeout_s):
@@ -57,9 +71,15 @@ class LocalServer:
             self.wait_for_health(SERVING)
         return self
 
+    def channel(self) -> grpc.Channel:
+        """A new channel to the server: TLS with ``credentials`` when given, else plaintext."""
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, self.credentials)
+
     def health(self, service: str = "") -> int:
         """The health status of ``service`` ("" is the whole server)."""
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             request = health_pb2.HealthCheckRequest(service=service)
             return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
 

@@ -7,8 +7,14 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from visinspect_server.settings import ServerSettings, add_arguments, settings_from
+
+if TYPE_CHECKING:
+    from visinspect_server.security import ServerSecurity
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,24 +27,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     health_parser.add_argument("--address", default="127.0.0.1:50051", help="host:port of the server")
     health_parser.add_argument("--service", default="", help="'' for the whole server, model/<name> for one model")
     health_parser.add_argument("--timeout-s", type=float, default=3.0)
+    health_parser.add_argument("--tls-ca", type=Path, help="PEM CA certificate: connect with TLS, verifying the server")
+    health_parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS, with --tls-key)")
+    health_parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    health_parser.add_argument("--tls-server-name", help="name to check in the server's certificate")
     args = parser.parse_args(argv)
     if args.command == "health":
-        return check_health(args.address, args.service, args.timeout_s)
+        try:
+            tls = HealthTls.from_args(args)
+        except ValueError as exc:
+            return _usage_error(health_parser, exc)
+        return check_health(args.address, args.service, args.timeout_s, tls)
+    from visinspect_server.security import ServerSecurity  # noqa: PLC0415 - keep --help light
+
     try:
         settings = settings_from(args)
+        security = ServerSecurity.from_settings(settings)
     except ValueError as exc:
-        parser.error(str(exc))
-    asyncio.run(serve(settings))
+        return _usage_error(serve_parser, exc)
+    asyncio.run(serve(settings, security))
     return 0
 
 
-def check_health(address: str, service: str, timeout_s: float) -> int:
+def _usage_error(parser: argparse.ArgumentParser, error: ValueError) -> int:
+    """One line on stderr and exit status 2, as argparse does for bad flags (without the long usage text)."""
+    print(f"{parser.prog}: error: {error}", file=sys.stderr)
+    return 2
+
+
+@dataclass(frozen=True)
+class HealthTls:
+    """The TLS options of ``health``: the CA that verifies the server, an optional client certificate."""
+
+    ca: bytes
+    cert: bytes | None
+    key: bytes | None
+    server_name: str | None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> HealthTls | None:
+        """None without ``--tls-ca``; ValueError for an unreadable file or a certificate without its key."""
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if args.tls_ca is None:
+            if args.tls_cert is not None or args.tls_server_name is not None:
+                raise ValueError("--tls-cert, --tls-key and --tls-server-name need --tls-ca")
+            return None
+        files = {"--tls-ca": args.tls_ca, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
+        data: dict[str, bytes | None] = {}
+        for flag, path in files.items():
+            try:
+                data[flag] = None if path is None else path.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {flag} {str(path)!r}: {exc.strerror}") from None
+        ca = data["--tls-ca"]
+        assert ca is not None
+        return cls(ca, data["--tls-cert"], data["--tls-key"], args.tls_server_name)
+
+
+def check_health(address: str, service: str, timeout_s: float, tls: HealthTls | None = None) -> int:
     """Print the health status of ``service`` at ``address``; 0 when SERVING, 1 otherwise."""
     import grpc  # noqa: PLC0415
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
 
     try:
-        with grpc.insecure_channel(address) as channel:
+        if tls is None:
+            channel = grpc.insecure_channel(address)
+        else:
+            credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+            options = [] if tls.server_name is None else [("grpc.ssl_target_name_override", tls.server_name)]
+            channel = grpc.secure_channel(address, credentials, options=options)
+        with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
             )
@@ -50,14 +109,14 @@ def check_health(address: str, service: str, timeout_s: float) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-async def serve(settings: ServerSettings) -> None:
+async def serve(settings: ServerSettings, security: ServerSecurity | None = None) -> None:
     """Run the server until a termination signal, then drain it."""
     from visinspect_server.app import InspectionServer  # noqa: PLC0415 - keep --help free of OpenVINO
     from visinspect_server.observability import configure_logging, quiet_native_decoders  # noqa: PLC0415
 
     configure_logging(settings.log_level, settings.log_json)
     quiet_native_decoders()
-    server = InspectionServer(settings)
+    server = InspectionServer(settings, security=security)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

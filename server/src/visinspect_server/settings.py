@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +44,12 @@ class ServerSettings:
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
     log_json: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_tokens_file: Path | None = None
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    max_concurrent_streams: int = 100
 
     def __post_init__(self) -> None:
         checks = {
@@ -63,10 +69,17 @@ class ServerSettings:
             "backend": self.backend in ("embedded", "kserve"),
             "ovms_address": _is_host_port(self.ovms_address),
             "ovms_timeout_s": self.ovms_timeout_s > 0,
+            "max_concurrent_streams": self.max_concurrent_streams >= 1,
         }
         wrong = [name for name, ok in checks.items() if not ok]
         if wrong:
             raise ValueError(f"invalid setting {wrong[0]}={getattr(self, wrong[0])!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both (TLS) or neither (plaintext)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if any(not token or any(c.isspace() for c in token) for token in self.auth_tokens):
+            raise ValueError("auth_tokens must be non-empty and free of white space")
 
 
 def _is_host_port(address: str) -> bool:
@@ -98,6 +111,13 @@ _HELP = {
     "shutdown_grace_s": "seconds in-flight requests get to finish on SIGTERM",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_json": "JSON log lines (true) or plain text (false)",
+    "tls_cert": "PEM certificate chain of the gRPC port; with --tls-key, the port speaks TLS",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA certificate(s): clients must present a certificate signed by one (mutual TLS)",
+    "auth_tokens_file": "file of accepted bearer tokens, one per line ('#' comments and blank lines skipped)",
+    "auth_tokens": "comma-separated accepted bearer tokens (prefer the environment variable or the file: "
+    "command lines are visible to other local users)",
+    "max_concurrent_streams": "most concurrent calls (HTTP/2 streams) one client connection may open",
 }
 
 
@@ -123,11 +143,14 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] = os.envi
     return ServerSettings(**values)  # type: ignore[arg-type]
 
 
+_PATHS = ("model_repository", "cache_dir", "image_root", "tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file")
+
+
 def _convert(name: str, raw: str) -> object:  # noqa: PLR0911 - one return per setting type
     default = ServerSettings.__dataclass_fields__[name].default
-    if name in ("model_repository", "cache_dir", "image_root"):
+    if name in _PATHS:
         return Path(raw).expanduser()
-    if name == "models":
+    if name in ("models", "auth_tokens"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if name == "performance_hint":
         return raw.upper()
