@@ -23,6 +23,7 @@ from visinspect_server.batching import BatchingOptions, MicroBatcher, Upstream
 from visinspect_server.observability import Metrics
 from visinspect_server.pipeline import InspectionPipeline, PipelineLimits
 from visinspect_server.registry import BackendFactory, Loaded, ModelRegistry
+from visinspect_server.security import ServerSecurity
 from visinspect_server.servicer import InspectionServicer
 from visinspect_server.settings import ServerSettings
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = inspection_pb2.DESCRIPTOR.services_by_name["InspectionService"].full_name
 MODEL_HEALTH_PREFIX = "model/"  # per-model health: service name "model/<name>"
+REPOSITORY_HEALTH = "repository"  # NOT_SERVING while the model repository cannot be read
 BACKEND_CHECK_INTERVAL_S = 1.0  # longest time between two readiness checks of a remote model server
 
 
@@ -62,10 +64,19 @@ def kserve_connection(settings: ServerSettings) -> KServeConnection:
 
 
 class InspectionServer:
-    """The running service. ``start`` binds and begins loading models; ``stop`` drains gracefully."""
+    """The running service. ``start`` binds and begins loading models; ``stop`` drains gracefully.
 
-    def __init__(self, settings: ServerSettings, backend_factory: BackendFactory | None = None) -> None:
+    ``security`` (TLS credentials, bearer tokens) is read from the settings' files when not given.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        backend_factory: BackendFactory | None = None,
+        security: ServerSecurity | None = None,
+    ) -> None:
         self.settings = settings
+        self.security = ServerSecurity.from_settings(settings) if security is None else security
         self.metrics = Metrics()
         self.health = HealthServicer()
         self.connection = kserve_connection(settings) if settings.backend == "kserve" else None
@@ -83,6 +94,7 @@ class InspectionServer:
             only_models=settings.models,
             on_change=self._on_models_changed,
             on_rejected=lambda name: self.metrics.versions_rejected.labels(name).inc(),
+            on_repository=self._on_repository,
         )
         self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="visinspect")
         limits = PipelineLimits(settings.max_pixels, settings.max_file_bytes, settings.image_root)
@@ -106,7 +118,12 @@ class InspectionServer:
         settings = self.settings
         size = settings.max_message_bytes
         self._server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
+            interceptors=self.security.interceptors(self.metrics.registry),
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+                ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+            ],
         )
         inspection_pb2_grpc.add_InspectionServiceServicer_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -114,7 +131,14 @@ class InspectionServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._server,
         )
-        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        if self.security.credentials is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, self.security.credentials)
+        log.info("gRPC transport: %s", self.security.describe())
+        if self.security.tokens and self.security.credentials is None:
+            log.warning("bearer tokens travel unencrypted without TLS: set --tls-cert and --tls-key")
         await self._publish_health()
         await self._server.start()
         if settings.metrics_port >= 0:
@@ -153,6 +177,10 @@ class InspectionServer:
         if self._server is not None:
             await self._server.wait_for_termination()
 
+    async def _on_repository(self, readable: bool) -> None:
+        self.metrics.repository_readable.set(1 if readable else 0)
+        await self._publish_health()
+
     async def _on_models_changed(self, loaded: Loaded) -> None:
         for name in self._served_models - set(loaded):
             self.metrics.versions_loaded.labels(name).set(0)
@@ -174,6 +202,7 @@ class InspectionServer:
             wanted[MODEL_HEALTH_PREFIX + name] = serving if up else not_serving
         overall = serving if any_up else not_serving  # some loaded model can answer
         wanted[""] = wanted[SERVICE_NAME] = overall
+        wanted[REPOSITORY_HEALTH] = serving if self.registry.repository_readable else not_serving
         for service, status in wanted.items():
             if self._published.get(service) != status:
                 await self.health.set(service, status)

@@ -98,6 +98,10 @@ class Metrics:
             "visinspect_model_versions_rejected", "Model versions refused at load time", ["model"],
             registry=self.registry,
         )  # fmt: skip
+        self.repository_readable = Gauge(
+            "visinspect_repository_readable", "1 while the model repository can be read, 0 while it cannot",
+            registry=self.registry,
+        )  # fmt: skip
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP; return the bound port."""

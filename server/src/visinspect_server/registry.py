@@ -5,7 +5,10 @@ contract), compiled and warmed up off the event loop, then published by replacin
 mapping, so every request resolves a consistent set of versions. A request keeps the
 :class:`LoadedModel` it resolved until it finishes: in-flight requests complete on the version they
 started on even after a swap. An invalid version is logged, counted and skipped while the versions
-already loaded keep serving; it is retried only if its files change.
+already loaded keep serving; it is retried only if its files change (so a folder still being
+written is rejected until it is complete, then loaded). When the repository cannot be read (deleted,
+renamed away, replaced by a file, unmounted) the loaded versions keep serving, the state is reported
+through ``on_repository`` and scanning resumes by itself once it is readable again.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class ModelRegistry:
         only_models: tuple[str, ...] = (),
         on_change: Callable[[Loaded], Awaitable[None]] | None = None,
         on_rejected: Callable[[str], None] | None = None,
+        on_repository: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self._repository = repository
         self._factory = backend_factory
@@ -68,6 +72,8 @@ class ModelRegistry:
         self._only = set(only_models)
         self._on_change = on_change
         self._on_rejected = on_rejected
+        self._on_repository = on_repository
+        self._readable: bool | None = None  # unknown until the first scan
         self._loaded: Loaded = MappingProxyType({})
         self._rejected: dict[tuple[str, int], tuple] = {}
         self._refresh_lock = asyncio.Lock()
@@ -76,6 +82,11 @@ class ModelRegistry:
     def loaded(self) -> Loaded:
         """The current mapping name -> version -> model (replaced, never mutated)."""
         return self._loaded
+
+    @property
+    def repository_readable(self) -> bool:
+        """False while the last scan could not read the repository (True before the first scan)."""
+        return self._readable is not False
 
     def resolve(self, name: str, version: int = 0) -> LoadedModel:
         """The model version a request asks for; version 0 is the newest loaded."""
@@ -102,8 +113,15 @@ class ModelRegistry:
             try:
                 wanted = self._scan()
             except OSError as exc:
-                log.error("cannot read model repository %s: %s; keeping the loaded versions", self._repository, exc)
+                if self._readable is not False:
+                    log.error(
+                        "cannot read model repository %s: %s; the loaded versions keep serving", self._repository, exc
+                    )
+                await self._set_readable(False)
                 return
+            if self._readable is False:
+                log.info("model repository %s is readable again", self._repository)
+            await self._set_readable(True)
             current = self._loaded
             updated: dict[str, dict[int, LoadedModel]] = {}
             for name, versions in wanted.items():
@@ -124,10 +142,20 @@ class ModelRegistry:
                     await self._on_change(frozen)
 
     async def run(self, interval_s: float) -> None:
-        """Refresh forever, every ``interval_s`` seconds."""
+        """Refresh forever, every ``interval_s`` seconds; a failed scan is logged and the next one runs."""
         while True:
             await asyncio.sleep(interval_s)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("repository scan failed; the loaded versions keep serving")
+
+    async def _set_readable(self, readable: bool) -> None:
+        if readable == self._readable:
+            return
+        self._readable = readable
+        if self._on_repository is not None:
+            await self._on_repository(readable)
 
     def _scan(self) -> dict[str, list[int]]:
         """Versions on disk worth serving: the newest few per model, best first."""
