@@ -1,8 +1,10 @@
-"""Re-create the hostile-input corpus: ``tests/corpus/inputs/*`` and the manifest ``tests/corpus/cases.json``.
+"""The hostile-input corpus: its input files (built, never committed) and its manifest ``tests/corpus/cases.json``.
 
-Run ``python tests/corpus/make_corpus.py`` from the repository root after changing a case; the output is
-deterministic (fixed seeds, fixed encoders), and tests/integration/test_bad_input_corpus.py checks that
-the committed files are what this script writes.
+The files are built in memory by :func:`build_files` (fixed seeds, fixed encoders); the test writes
+them into a temporary folder. The manifest is committed: run ``python tests/corpus/make_corpus.py``
+from the repository root after changing a case, and tests/integration/test_bad_input_corpus.py checks
+that the committed manifest is what this script writes. ``--inputs DIR`` also writes the files, to
+look at them.
 
 Each case in the manifest says how to send it and what the server must answer:
 
@@ -26,6 +28,7 @@ Each case in the manifest says how to send it and what the server must answer:
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import struct
@@ -37,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
-INPUTS = HERE / "inputs"
+MANIFEST = HERE / "cases.json"
 SCORE_TOLERANCE = 1e-5
 WIDTH, HEIGHT = 64, 48
 UNSUPPORTED = "not a PNG, JPEG, BMP, TIFF or GIF"
@@ -511,17 +514,22 @@ def build_cases() -> list[dict[str, Any]]:
     return cases
 
 
-def write(inputs: Path = INPUTS, manifest: Path = HERE / "cases.json") -> None:
-    """Write every corpus file and the manifest (replacing stale files in ``inputs``)."""
+def manifest_text() -> str:
+    """The manifest as committed in ``cases.json``."""
+    return json.dumps({"cases": build_cases()}, indent=1, ensure_ascii=False) + "\n"
+
+
+def write_files(inputs: Path) -> None:
+    """Write every corpus file into ``inputs``."""
     inputs.mkdir(parents=True, exist_ok=True)
-    files = build_files()
-    for stale in inputs.iterdir():
-        if stale.name not in files:
-            stale.unlink()
-    for name, data in files.items():
+    for name, data in build_files().items():
         (inputs / name).write_bytes(data)
-    manifest.write_text(json.dumps({"cases": build_cases()}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
-    write()
+    parser = argparse.ArgumentParser(description="Rewrite cases.json; with --inputs, also write the input files.")
+    parser.add_argument("--inputs", type=Path, help="folder to write the input files into")
+    args = parser.parse_args()
+    MANIFEST.write_text(manifest_text(), encoding="utf-8")
+    if args.inputs is not None:
+        write_files(args.inputs)

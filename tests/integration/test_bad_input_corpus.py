@@ -10,7 +10,6 @@ whole corpus (the first runs warm caches and allocator pools up).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -23,12 +22,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from tests.corpus import make_corpus
 from tests.server_harness import ServerProcess, start_server
 from visinspect_api.model_repository import METADATA_FILENAME
 from visinspect_api.v1 import inspection_pb2 as pb
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
-INPUTS = CORPUS / "inputs"
 CASES: list[dict[str, Any]] = json.loads((CORPUS / "cases.json").read_text(encoding="utf-8"))["cases"]
 SECOND_MODEL = "brick-second"
 MAX_MESSAGE_BYTES = 2_000_000
@@ -41,29 +40,24 @@ TIMEOUT_S = 120  # a loaded 2-core machine: generous
 # --------------------------------------------------------------------------- the manifest itself
 
 
-def load_make_corpus() -> Any:
-    spec = importlib.util.spec_from_file_location("make_corpus", CORPUS / "make_corpus.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+FILES: dict[str, bytes] = make_corpus.build_files()
 
 
-def test_committed_corpus_is_what_make_corpus_writes(tmp_path: Path) -> None:
-    load_make_corpus().write(tmp_path / "inputs", tmp_path / "cases.json")
-    assert sorted(p.name for p in (tmp_path / "inputs").iterdir()) == sorted(p.name for p in INPUTS.iterdir())
-    for generated in (tmp_path / "inputs").iterdir():
-        assert generated.read_bytes() == (INPUTS / generated.name).read_bytes(), (
-            f"re-run make_corpus.py: {generated.name}"
-        )
-    assert (tmp_path / "cases.json").read_text(encoding="utf-8") == (CORPUS / "cases.json").read_text(encoding="utf-8")
+def test_committed_manifest_is_what_make_corpus_writes() -> None:
+    assert make_corpus.manifest_text() == (CORPUS / "cases.json").read_text(encoding="utf-8"), (
+        "re-run python tests/corpus/make_corpus.py"
+    )
+
+
+def test_the_corpus_files_are_built_the_same_every_time() -> None:
+    assert make_corpus.build_files() == FILES
 
 
 def test_manifest_is_complete_and_small() -> None:
     assert len(CASES) >= 40
     ids = [case["id"] for case in CASES]
     assert len(ids) == len(set(ids))
-    assert sum(p.stat().st_size for p in INPUTS.iterdir()) < CORPUS_BYTES_BOUND
+    assert sum(len(data) for data in FILES.values()) < CORPUS_BYTES_BOUND
     codes = {case["expect"]["code"] for case in CASES}
     assert codes <= {code.name for code in grpc.StatusCode}
     assert {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "NOT_FOUND", "PERMISSION_DENIED"} <= codes
@@ -72,7 +66,7 @@ def test_manifest_is_complete_and_small() -> None:
         files = [case["input"].get("file"), expect.get("same_score_as")]
         files += [step.get("from") for step in case.get("setup", [])]
         for name in filter(None, files):
-            assert (INPUTS / name).is_file(), f"{case['id']}: {name} is not in the corpus"
+            assert name in FILES, f"{case['id']}: {name} is not in the corpus"
         assert expect["code"] == "OK" or expect["words"], f"{case['id']}: a refusal must name its words"
 
 
@@ -86,7 +80,7 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root, outside = base / "root", base / "outside"
     root.mkdir()
     outside.mkdir()
-    shutil.copyfile(INPUTS / "ref_rgb.png", outside / "secret.png")
+    (outside / "secret.png").write_bytes(FILES["ref_rgb.png"])
     for case in CASES:
         for step in case.get("setup", []):
             make(root, outside, step)
@@ -99,7 +93,7 @@ def make(root: Path, outside: Path, step: dict[str, Any]) -> None:
         return  # shared by several cases
     kind = step["create"]
     if kind in ("file", "unreadable"):
-        shutil.copyfile(INPUTS / step["from"], target)
+        target.write_bytes(FILES[step["from"]])
         if kind == "unreadable":
             target.chmod(0)
     elif kind == "symlink":
@@ -154,12 +148,12 @@ def request_for(case: dict[str, Any], model: str, places: dict[str, Path]) -> pb
     source = case["input"]
     kind = source["kind"]
     if kind == "encoded":
-        request.image.encoded = (INPUTS / source["file"]).read_bytes()
+        request.image.encoded = FILES[source["file"]]
     elif kind == "oversize":
         request.image.encoded = bytes(source["bytes"])
     elif kind == "raw":
         if "file" in source:
-            data = (INPUTS / source["file"]).read_bytes()
+            data = FILES[source["file"]]
             data = data[: len(data) - source.get("trim", 0)]
         else:
             data = bytes([7]) * source["fill"]
@@ -199,7 +193,7 @@ class Runner:
 
     def reference(self, name: str) -> pb.DetectResponse:
         if name not in self.references:
-            request = pb.DetectRequest(model=self.model, image=pb.ImageInput(encoded=(INPUTS / name).read_bytes()))
+            request = pb.DetectRequest(model=self.model, image=pb.ImageInput(encoded=FILES[name]))
             self.references[name] = self.stub.Detect(request, timeout=TIMEOUT_S)
         return self.references[name]
 
@@ -338,7 +332,7 @@ def test_after_the_corpus_the_server_is_healthy_and_memory_is_bounded(runner: Ru
     assert server.process is not None and server.process.poll() is None
     assert server.health() == health_pb2.HealthCheckResponse.SERVING
     good = runner.stub.Detect(
-        pb.DetectRequest(model=SECOND_MODEL, image=pb.ImageInput(encoded=(INPUTS / "ref_rgb.png").read_bytes())),
+        pb.DetectRequest(model=SECOND_MODEL, image=pb.ImageInput(encoded=FILES["ref_rgb.png"])),
         timeout=TIMEOUT_S,
     )
     reference = runner.reference("ref_rgb.png")

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.corpus import make_corpus
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_server import converters, imaging
 from visinspect_server.backend import InferenceBackend
@@ -31,9 +32,9 @@ from visinspect_server.errors import (
 from visinspect_server.pipeline import ImageSource, InspectionPipeline, PipelineLimits, _check_threshold
 from visinspect_server.registry import ModelRegistry
 
-CORPUS_INPUTS = Path(__file__).resolve().parents[1] / "corpus" / "inputs"
+CORPUS_FILES = make_corpus.build_files()
 SEEDS = [
-    (CORPUS_INPUTS / name).read_bytes()
+    CORPUS_FILES[name]
     for name in (
         "ref_rgb.png",
         "grey16.png",
@@ -196,7 +197,7 @@ def detect_requests(draw: st.DrawFn) -> pb.DetectRequest:
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fuzz_root")
-    (root / "good.png").write_bytes((CORPUS_INPUTS / "ref_rgb.png").read_bytes())
+    (root / "good.png").write_bytes(CORPUS_FILES["ref_rgb.png"])
     (root / "sub").mkdir()
     (root / "sub" / "a").write_bytes(b"not an image")
     os.mkfifo(root / "fifo")
