@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +18,7 @@ import cv2
 import grpc
 import numpy as np
 
-from visinspect_api.model_repository import read_metadata, write_metadata
+from visinspect_api.model_repository import read_metadata
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_api.v1 import inspection_pb2_grpc
 
@@ -232,23 +231,6 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, interva
             return
         time.sleep(interval_s)
     raise TimeoutError(f"{what} did not happen within {timeout_s} s")
-
-
-def copy_version(source: Path, target: Path, shift_threshold: float = 0.0) -> Path:
-    """Copy a version folder to ``target`` via a hidden staging folder and one rename (atomic publish).
-
-    ``shift_threshold`` moves the calibrated raw image threshold, so the copy scores differently.
-    """
-    staging = target.parent / f".staging-{target.name}"
-    shutil.copytree(source, staging)
-    if shift_threshold:
-        metadata = read_metadata(staging)
-        calibration = dataclasses.replace(
-            metadata.calibration, image_threshold=metadata.calibration.image_threshold + shift_threshold
-        )
-        write_metadata(staging, dataclasses.replace(metadata, calibration=calibration))
-    staging.rename(target)
-    return target
 
 
 def expected_score(raw_score: float, version_dir: Path) -> float:

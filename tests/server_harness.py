@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
 
+from visinspect_api.model_repository import METADATA_FILENAME
 from visinspect_api.v1 import inspection_pb2_grpc
 from visinspect_server.local import LocalServer
 
@@ -43,3 +46,21 @@ def start_server(
     server = ServerProcess(repository, ["--poll-interval-s", "0.3", *extra_args], credentials=credentials, env=env)
     server.start(wait_serving=wait_serving)
     return server
+
+
+def copy_version(source: Path, target: Path, shift_threshold: float = 0.0, **metadata_changes: object) -> Path:
+    """Publish a copy of a version folder at ``target`` atomically (a hidden staging folder, one rename).
+
+    ``shift_threshold`` moves the calibrated raw image threshold, so the copy scores differently;
+    ``metadata_changes`` replace top-level fields of its metadata JSON.
+    """
+    staging = target.parent / f".staging-{target.name}"
+    shutil.copytree(source, staging)
+    if shift_threshold or metadata_changes:
+        metadata_path = staging / METADATA_FILENAME
+        metadata = json.loads(metadata_path.read_text())
+        metadata["calibration"]["image_threshold"] += shift_threshold
+        metadata.update(metadata_changes)
+        metadata_path.write_text(json.dumps(metadata))
+    staging.rename(target)
+    return target

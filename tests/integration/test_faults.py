@@ -23,8 +23,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.load_harness import Call, Load, copy_version, expected_score, mixed_cases, summary, wait_for
-from tests.server_harness import ServerProcess, start_server
+from tests.load_harness import Call, Load, expected_score, mixed_cases, summary, wait_for
+from tests.server_harness import ServerProcess, copy_version, start_server
 from visinspect_api.model_repository import (
     IR_BIN_FILENAME,
     IR_XML_FILENAME,

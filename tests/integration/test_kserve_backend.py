@@ -3,8 +3,6 @@ for OVMS, in its own process and virtualenv (kserve and tritonclient cannot shar
 
 from __future__ import annotations
 
-import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,8 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from tests.conftest import REPO_ROOT
-from tests.server_harness import ServerProcess, start_server
-from visinspect_api.model_repository import METADATA_FILENAME
+from tests.server_harness import ServerProcess, copy_version, start_server
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_server.settings import parse
 
@@ -346,14 +343,6 @@ def test_backend_settings(argv: list[str], expected: tuple) -> None:
 def test_invalid_backend_settings(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse(["--model-repository", "r", *argv])
-
-
-def copy_version(source: Path, target: Path, **metadata_changes: object) -> None:
-    shutil.copytree(source, target)
-    metadata_path = target / METADATA_FILENAME
-    metadata = json.loads(metadata_path.read_text())
-    metadata.update(metadata_changes)
-    metadata_path.write_text(json.dumps(metadata))
 
 
 def test_versions_the_model_server_cannot_serve_are_rejected(exported, synthetic_category, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import shutil
 import threading
 import time
@@ -17,34 +16,18 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 
-from tests.server_harness import start_server
+from tests.server_harness import copy_version, start_server
 from visinspect_api.model_repository import (
     IR_BIN_FILENAME,
     IR_XML_FILENAME,
     METADATA_FILENAME,
     read_metadata,
-    write_metadata,
 )
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_api.v1 import inspection_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def publish_copy(source: Path, model_dir: Path, version: int, shift_threshold: float = 0.0) -> Path:
-    """Publish a copy of a version folder atomically, optionally with a shifted image threshold."""
-    staging = model_dir.parent / f".staging-{version}"
-    shutil.copytree(source, staging)
-    if shift_threshold:
-        metadata = read_metadata(staging)
-        calibration = dataclasses.replace(
-            metadata.calibration, image_threshold=metadata.calibration.image_threshold + shift_threshold
-        )
-        write_metadata(staging, dataclasses.replace(metadata, calibration=calibration))
-    target = model_dir / str(version)
-    staging.rename(target)
-    return target
 
 
 def expected_score(raw: float, version_dir: Path) -> float:
@@ -56,7 +39,7 @@ def expected_score(raw: float, version_dir: Path) -> float:
 def repository(exported, tmp_path: Path) -> Path:
     model_dir = tmp_path / "repository" / "brick"
     model_dir.mkdir(parents=True)
-    publish_copy(exported.version_dir, model_dir, 1)
+    copy_version(exported.version_dir, model_dir / "1")
     return tmp_path / "repository"
 
 
@@ -87,7 +70,7 @@ def test_hot_swap_under_concurrent_requests(repository: Path, synthetic_category
             for _ in range(4):
                 pool.submit(client)
             time.sleep(1.5)
-            publish_copy(model_dir / "1", model_dir, 2, shift_threshold=50.0)
+            copy_version(model_dir / "1", model_dir / "2", shift_threshold=50.0)
             server.wait_for_log("loaded brick version 2")
             time.sleep(1.5)
             stop.set()
@@ -106,7 +89,7 @@ def test_broken_versions_are_rejected_and_the_old_one_keeps_serving(repository: 
     server = start_server(repository)
     model_dir = repository / "brick"
     try:
-        truncated = publish_copy(model_dir / "1", model_dir, 2)
+        truncated = copy_version(model_dir / "1", model_dir / "2")
         with (truncated / IR_BIN_FILENAME).open("r+b") as stream:
             stream.truncate(1000)
         server.wait_for_log("rejected brick version 2")
@@ -146,7 +129,7 @@ def test_no_model_yet_is_unavailable_until_one_arrives(exported, tmp_path: Path,
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "no model is loaded yet" in caught.value.details()
         (repository / "brick").mkdir()
-        publish_copy(exported.version_dir, repository / "brick", 1)
+        copy_version(exported.version_dir, repository / "brick" / "1")
         server.wait_for_health(SERVING)
         server.wait_for_health(SERVING, "model/brick")
         with server.channel() as channel:
