@@ -37,7 +37,7 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
-# The performance suite (about 15 min; not part of the tests): docs/benchmarks/suite.md.
+# The performance suite (about 12 min; not part of the tests): docs/benchmarks/suite.md.
 bench: install
 	$(BIN)/python -m benchmarks.suite
 

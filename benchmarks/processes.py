@@ -98,7 +98,19 @@ class CpuMeter:
         }
 
 
-# ----------------------------------------------------------------------------------------------- model and images
+# ----------------------------------------------------------------------------------------------- processes
+
+
+def terminate(process: subprocess.Popen[str], label: str) -> int | None:
+    """SIGTERM, then SIGKILL if the process is still there after the grace period; return the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(SERVER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("%s %d ignored SIGTERM for %.0f s; killing it", label, process.pid, SERVER_STOP_TIMEOUT_S)
+            process.kill()
+    return process.wait(SERVER_STOP_TIMEOUT_S)
 
 
 @dataclass
@@ -116,14 +128,7 @@ class Server:
 
     def stop(self) -> int | None:
         """SIGTERM, wait for the drain, kill only if it hangs; return the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(SERVER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                log.warning("server %d ignored SIGTERM for %.0f s; killing it", self.process.pid, SERVER_STOP_TIMEOUT_S)
-                self.process.kill()
-        return self.process.wait(SERVER_STOP_TIMEOUT_S)
+        return terminate(self.process, "server")
 
 
 @contextlib.contextmanager
@@ -190,17 +195,8 @@ class StandIn:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> int | None:
-        """SIGTERM by PID, SIGKILL if it is still there after the grace period; return the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(SERVER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "stand-in %d ignored SIGTERM for %.0f s; killing it", self.process.pid, SERVER_STOP_TIMEOUT_S
-                )
-                self.process.kill()
-        return self.process.wait(SERVER_STOP_TIMEOUT_S)
+        """SIGTERM, SIGKILL if it is still there after the grace period; return the exit code."""
+        return terminate(self.process, "stand-in")
 
 
 @contextlib.contextmanager

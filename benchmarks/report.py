@@ -24,6 +24,14 @@ def load(text: str) -> dict[str, Any]:
     return results
 
 
+def auroc(scores: Sequence[float], labels: np.ndarray) -> float:
+    """Image AUROC (Mann-Whitney, ties count half)."""
+    values = np.asarray(scores, dtype=np.float64)
+    positive, negative = values[labels], values[~labels]
+    wins = (positive[:, None] > negative[None, :]).sum() + 0.5 * (positive[:, None] == negative[None, :]).sum()
+    return float(wins / (positive.size * negative.size))
+
+
 def latency_entry(got: dict[str, list[tuple[float, Any]]], inputs: Inputs, labels: np.ndarray) -> dict[str, Any]:
     """Summaries of one interleaved run: the facade (client and server stages, AUROC) and the in-process floor."""
     calls = got["facade"]
@@ -38,8 +46,6 @@ def latency_entry(got: dict[str, list[tuple[float, Any]]], inputs: Inputs, label
     }
     scores = {index: reply.raw_score for _, (index, reply) in calls}
     if len(scores) == len(inputs):
-        from benchmarks.suite import auroc  # noqa: PLC0415 - one AUROC for the whole suite
-
         entry["auroc_all_test_images"] = auroc([scores[i] for i in range(len(inputs))], labels)
     if "in_process" in got:
         stages = [stages for _, stages in got["in_process"]]

@@ -42,8 +42,18 @@ import openvino as ov
 from benchmarks import report
 from benchmarks.anchors import benchmark_app, installed_size, machine_info, training_side
 from benchmarks.load import INPUT_KINDS, InProcess, Inputs, closed_loop, facade_call, interleaved, summary
-from benchmarks.processes import KSERVE_PYTHON, CpuMeter, memory_mb, running_server, running_standin
+from benchmarks.processes import (
+    KSERVE_PYTHON,
+    CpuMeter,
+    Server,
+    StandIn,
+    memory_mb,
+    running_server,
+    running_standin,
+)
+from benchmarks.report import auroc
 from visinspect_api.model_repository import IR_BIN_FILENAME, IR_XML_FILENAME, read_metadata
+from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_api.v1 import inspection_pb2_grpc as pb_grpc
 
 DEFAULT_DATASET_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvtec_ad"
@@ -81,14 +91,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def labels_of(inputs: Inputs) -> np.ndarray:
     """True for defective images (MVTec: every test folder but ``good``)."""
     return np.array([path.parent.name != "good" for path in inputs.paths])
-
-
-def auroc(scores: Sequence[float], labels: np.ndarray) -> float:
-    """Image AUROC (Mann-Whitney, ties count half)."""
-    values = np.asarray(scores, dtype=np.float64)
-    positive, negative = values[labels], values[~labels]
-    wins = (positive[:, None] > negative[None, :]).sum() + 0.5 * (positive[:, None] == negative[None, :]).sum()
-    return float(wins / (positive.size * negative.size))
 
 
 def model_profile(xml: Path, precision: str) -> dict[str, dict[str, float]]:
@@ -132,6 +134,20 @@ def step(name: str, meter: CpuMeter) -> Iterator[None]:
     with meter.phase(name):
         yield
     log.info("%s done in %.0f s", name, time.monotonic() - started)
+
+
+def load_point(
+    args: argparse.Namespace,
+    server: Server,
+    requests: list[pb.DetectRequest],
+    clients: int,
+    behind: StandIn | None = None,
+) -> dict[str, Any]:
+    """Closed-loop load on ``server`` with the suite's windows; ``behind``: the model server it calls."""
+    return closed_loop(
+        server.address, requests, clients, warmup_s=args.warmup_s, window_s=args.window_s, windows=args.windows,
+        server_pid=server.process.pid, backend_pid=behind.process.pid if behind is not None else None,
+    )  # fmt: skip
 
 
 def one_client(args: argparse.Namespace, calls: dict[str, Any]) -> dict[str, list[tuple[float, Any]]]:
@@ -250,29 +266,12 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
                     latency["batching"] = {name: summary([ms for ms, _ in calls]) for name, calls in got.items()}
                 with step("8 clients, unbatched facade", meter):
                     throughput["embedded_unbatched"] = {
-                        kind: closed_loop(
-                            unbatched.address,
-                            inputs.requests(CATEGORY, kind),
-                            8,
-                            warmup_s=args.warmup_s,
-                            window_s=args.window_s,
-                            windows=args.windows,
-                            server_pid=unbatched.process.pid,
-                        )
-                        for kind in ("raw", "png")
+                        kind: load_point(args, unbatched, inputs.requests(CATEGORY, kind), 8) for kind in ("raw", "png")
                     }
             with step("closed-loop load, embedded backend", meter):
                 throughput["embedded"] = {
                     kind: {
-                        clients: closed_loop(
-                            server.address,
-                            inputs.requests(CATEGORY, kind),
-                            clients,
-                            warmup_s=args.warmup_s,
-                            window_s=args.window_s,
-                            windows=args.windows,
-                            server_pid=server.process.pid,
-                        )
+                        clients: load_point(args, server, inputs.requests(CATEGORY, kind), clients)
                         for clients in CLIENT_COUNTS
                     }
                     for kind in INPUT_KINDS
@@ -309,16 +308,7 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
                 with step("closed-loop load, kserve backend", meter):
                     throughput["kserve"] = {
                         kind: {
-                            clients: closed_loop(
-                                kserve.address,
-                                inputs.requests(CATEGORY, kind),
-                                clients,
-                                warmup_s=args.warmup_s,
-                                window_s=args.window_s,
-                                windows=args.windows,
-                                server_pid=kserve.process.pid,
-                                backend_pid=standin.process.pid,
-                            )
+                            clients: load_point(args, kserve, inputs.requests(CATEGORY, kind), clients, standin)
                             for clients in CLIENT_COUNTS
                         }
                         for kind in INPUT_KINDS
@@ -332,16 +322,7 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
         got = one_client(args, {"facade": facade_call(pb_grpc.InspectionServiceStub(channel), requests)})
         latency["bf16_png"] = report.latency_entry(got, inputs, labels)
         throughput["embedded_bf16"] = {
-            kind: closed_loop(
-                bf16.address,
-                inputs.requests(BF16_MODEL, kind),
-                8,
-                warmup_s=args.warmup_s,
-                window_s=args.window_s,
-                windows=args.windows,
-                server_pid=bf16.process.pid,
-            )
-            for kind in ("raw", "png")
+            kind: load_point(args, bf16, inputs.requests(BF16_MODEL, kind), 8) for kind in ("raw", "png")
         }
     results["latency"] = latency
     results["throughput"] = throughput
