@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from visinspect_server.backend import InferenceBackend, RawOutput
-
-log = logging.getLogger(__name__)
 
 
 class Upstream:

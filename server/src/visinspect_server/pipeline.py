@@ -55,6 +55,11 @@ class DetectOptions:
     regions: bool = False
     original_size_maps: bool = False
 
+    @property
+    def any_extras(self) -> bool:
+        """Whether a heat map, mask or regions are asked for (else the response is the verdict alone)."""
+        return self.anomaly_map or self.mask or self.regions
+
 
 @dataclass(frozen=True)
 class StageTimes:
@@ -113,7 +118,7 @@ class InspectionPipeline:
         batch, image_size, decoded = prepared
         output = await model.backend.infer(batch)
         inferred = time.perf_counter()
-        if options.anomaly_map or options.mask or options.regions:
+        if options.any_extras:
             detection, finished = await self._run(_postprocess, model, options, threshold, image_size, output)
         else:  # a verdict is a few float operations: not worth a thread hop
             detection = _postprocess(model, options, threshold, image_size, output)
@@ -170,7 +175,7 @@ def _postprocess(
     verdict = postprocess.verdict(float(output.scores[0]), model.calibration, threshold)
     heat_png = mask_png = b""
     regions: tuple[postprocess.Region, ...] = ()
-    if options.anomaly_map or options.mask or options.regions:
+    if options.any_extras:
         pixel_map = postprocess.normalized_pixel_map(raw_map, model.calibration)
         size = image_size if options.original_size_maps else None
         shown = pixel_map
