@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 import grpc
 import openvino as ov
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from visinspect_api.model_repository import ModelMetadata
 from visinspect_api.v1 import inspection_pb2, inspection_pb2_grpc
 from visinspect_server.backend import OpenVINOBackend, OpenVINOOptions
 from visinspect_server.batching import BatchingOptions, MicroBatcher, Upstream
+from visinspect_server.drain import CallGate
+from visinspect_server.health import HealthService
 from visinspect_server.observability import Metrics
 from visinspect_server.pipeline import InspectionPipeline, PipelineLimits
 from visinspect_server.registry import BackendFactory, Loaded, ModelRegistry
@@ -78,7 +79,8 @@ class InspectionServer:
         self.settings = settings
         self.security = ServerSecurity.from_settings(settings) if security is None else security
         self.metrics = Metrics()
-        self.health = HealthServicer()
+        self.health = HealthService()
+        self.gate = CallGate(on_count=self.metrics.calls_in_flight.set)
         self.connection = kserve_connection(settings) if settings.backend == "kserve" else None
         if backend_factory is None:
             if self.connection is not None:
@@ -103,6 +105,7 @@ class InspectionServer:
             self.registry,
             self.metrics,
             settings.stream_max_in_flight,
+            self.gate,
         )
         self._server: grpc.aio.Server | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -152,16 +155,32 @@ class InspectionServer:
                 await self.registry.refresh()
             self._poller = asyncio.create_task(self._watch_backend())
 
-    async def stop(self) -> None:
-        """Report NOT_SERVING, refuse new calls, let in-flight calls finish within the grace period."""
+    async def stop(self, *, abandon_busy_transport: bool = False) -> bool:
+        """Drain, then stop: NOT_SERVING at once; new calls refused with UNAVAILABLE while the calls in flight
+        finish (within the grace period, after which they end UNAVAILABLE); then the gRPC server stops.
+
+        When callers were still arriving at the end of the grace period and ``abandon_busy_transport`` is set,
+        the gRPC server is left running (stopping it would fail those callers' calls CANCELLED) and False is
+        returned: the caller exits the process at once, which fails them UNAVAILABLE. True otherwise.
+        """
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
         log.info("shutting down: draining in-flight requests for up to %.1f s", self.settings.shutdown_grace_s)
+        self.gate.close()
         await self.health.enter_graceful_shutdown()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        if self._server is not None:
-            await self._server.stop(self.settings.shutdown_grace_s)
+        in_flight = self.gate.in_flight
+        outcome = await self.gate.drained(deadline)
+        if outcome.cut_short:
+            log.warning("grace period over: %d calls still running were ended UNAVAILABLE", outcome.cut_short)
+        log.info("drained (%d calls were in flight at the start)", in_flight)
+        stop_transport = outcome.quiet or not abandon_busy_transport
+        if self._server is not None and stop_transport:
+            await self._server.stop(0)  # what is left are health watches: nothing to wait for
+        elif self._server is not None:
+            log.warning("callers kept sending until the grace period ended: closing their connections with the process")
         # Work of cancelled calls may still run in threads and in OpenVINO's callbacks: let it end
         # before the interpreter does, or native code aborts the process at exit.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
@@ -171,6 +190,7 @@ class InspectionServer:
         if self.connection is not None:
             await self.connection.close()
         log.info("stopped")
+        return stop_transport
 
     async def wait(self) -> None:
         """Until the gRPC server terminates."""

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from visinspect_server.drain import GRACE_OVER, CallGate
 from visinspect_server.errors import InspectionError
 from visinspect_server.observability import Metrics, new_request_id, request_id_var
 
@@ -29,10 +30,17 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE.format(request_id=request_id_var.get())
 
 
-def unary_rpc(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
-    """Decorate a unary servicer method: set the request id, map errors, count and time the call.
+def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """Why gRPC cancelled a handler: its deadline passed (DEADLINE_EXCEEDED), or the caller went away."""
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
 
-    The servicer must have a ``metrics`` attribute (:class:`Metrics`).
+
+def unary_rpc(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """Decorate a unary servicer method: admit it through the drain gate, set the request id, map errors,
+    count and time the call.
+
+    The servicer must have ``metrics`` (:class:`Metrics`) and ``gate`` (:class:`CallGate`) attributes.
     """
     name = method.__name__
 
@@ -40,13 +48,19 @@ def unary_rpc(method: Callable[..., Awaitable[Response]]) -> Callable[..., Await
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
         request_id_var.set(getattr(request, "request_id", "") or new_request_id())
         metrics: Metrics = self.metrics
+        gate: CallGate = self.gate
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return await method(self, request, context)
+            with gate.admit():
+                return await method(self, request, context)
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
+            if not gate.expired:
+                code = cancelled_code(context)
+                raise
+            code = grpc.StatusCode.UNAVAILABLE  # ended by the drain's deadline: the caller may retry elsewhere
+            await context.abort(code, GRACE_OVER)
+            raise AssertionError("unreachable: abort raises") from None
         except Exception as exc:
             code, message = status_of(exc)
             await context.abort(code, message)

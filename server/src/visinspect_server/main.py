@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -123,7 +125,9 @@ async def serve(settings: ServerSettings, security: ServerSecurity | None = None
         loop.add_signal_handler(signum, stop.set)
     await server.start()
     await stop.wait()
-    await server.stop()
+    if not await server.stop(abandon_busy_transport=True):
+        logging.shutdown()  # flush the log, then leave without stopping gRPC: see InspectionServer.stop
+        os._exit(0)
 
 
 if __name__ == "__main__":

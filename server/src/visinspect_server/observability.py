@@ -98,6 +98,9 @@ class Metrics:
             "visinspect_model_versions_rejected", "Model versions refused at load time", ["model"],
             registry=self.registry,
         )  # fmt: skip
+        self.calls_in_flight = Gauge(
+            "visinspect_calls_in_flight", "Inspection calls being served (a stream counts once)", registry=self.registry
+        )
         self.repository_readable = Gauge(
             "visinspect_repository_readable", "1 while the model repository can be read, 0 while it cannot",
             registry=self.registry,
