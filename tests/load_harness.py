@@ -21,6 +21,13 @@ import numpy as np
 from visinspect_api.model_repository import read_metadata
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_api.v1 import inspection_pb2_grpc
+from visinspect_client.connection import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    RetryPolicy,
+    ServerTarget,
+    channel_options,
+    open_channel,
+)
 
 OK = grpc.StatusCode.OK
 
@@ -100,16 +107,34 @@ def mixed_cases(category: Path, errors: bool = True) -> list[Case]:
     return cases
 
 
+def sdk_channel(target: str | Sequence[str]) -> grpc.Channel:
+    """A channel set up as the SDK sets up its own: round-robin over the servers that report SERVING (client-side
+    health checking), and gRPC's retries of UNAVAILABLE."""
+    server = ServerTarget.parse(target)
+    options = channel_options(RetryPolicy(), DEFAULT_MAX_MESSAGE_BYTES, None, server.authority)
+    return open_channel(grpc, server.uri, options, None)
+
+
 class Load:
     """``clients`` threads, each with its own channel, calling Detect in a loop over ``cases`` until stopped.
 
     After an unexpected failure a client pauses ``error_pause_s``, so a server that is gone is not hammered.
+    ``channel`` makes each client's channel (default: a plain one, no retries and no balancing; :func:`sdk_channel`
+    for the SDK's).
     """
 
     def __init__(
-        self, address: str, cases: Sequence[Case], clients: int, timeout_s: float = 60.0, error_pause_s: float = 0.01
+        self,
+        address: str,
+        cases: Sequence[Case],
+        clients: int,
+        *,
+        timeout_s: float = 60.0,
+        error_pause_s: float = 0.01,
+        channel: Callable[[str], grpc.Channel] = grpc.insecure_channel,
     ) -> None:
         self.address = address
+        self.channel = channel
         self.error_pause_s = error_pause_s
         self.cases = list(cases)
         self.clients = clients
@@ -140,7 +165,7 @@ class Load:
         self.stop()
 
     def _client(self, index: int) -> None:
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel(self.address) as channel:
             stub = inspection_pb2_grpc.InspectionServiceStub(channel)
             turn = index
             while not self._stop.is_set():
@@ -231,6 +256,21 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, interva
             return
         time.sleep(interval_s)
     raise TimeoutError(f"{what} did not happen within {timeout_s} s")
+
+
+def wait_until_steady(count: Callable[[], int], limit: int, steady_s: float = 1.5, timeout_s: float = 120.0) -> int:
+    """Wait until ``count()`` reaches ``limit`` or stops growing for ``steady_s``; return it. Flow control stalls
+    a stream at a count that depends on the machine's speed: wait for the stall, not for a fixed time."""
+    deadline = time.monotonic() + timeout_s
+    last, since = count(), time.monotonic()
+    while time.monotonic() < deadline and last < limit:
+        time.sleep(0.1)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= steady_s:
+            break
+    return last
 
 
 def expected_score(raw_score: float, version_dir: Path) -> float:

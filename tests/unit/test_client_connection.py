@@ -7,8 +7,10 @@ import asyncio
 import json
 import pickle
 import shutil
+import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from visinspect_client import (
     TlsConfig,
     VisInspectError,
 )
-from visinspect_client.connection import channel_options
+from visinspect_client.connection import ServerTarget, channel_options
 from visinspect_client.errors import error_for
 
 FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff_s=0.01, max_backoff_s=0.05, backoff_multiplier=2.0)
@@ -223,9 +225,14 @@ def test_channel_options_carry_the_retry_policy() -> None:
         "backoffMultiplier": 3.0,
         "retryableStatusCodes": ["UNAVAILABLE"],
     }
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert config["healthCheckConfig"] == {"serviceName": ""}
     disabled = dict(channel_options(None, 1234, TlsConfig(server_name="inspect.local")))
-    assert disabled["grpc.enable_retries"] == 0 and "grpc.service_config" not in disabled
+    assert disabled["grpc.enable_retries"] == 0
+    assert "methodConfig" not in json.loads(str(disabled["grpc.service_config"]))
     assert disabled["grpc.ssl_target_name_override"] == "inspect.local"
+    probe = dict(channel_options(None, 1234, None, balanced=False))  # asks one server for its health
+    assert "grpc.service_config" not in probe
 
 
 def test_policy_and_tls_arguments_are_checked(tmp_path: Path) -> None:
@@ -346,3 +353,116 @@ def test_batch_options_are_checked_when_called(fake: FakeServer) -> None:
         with pytest.raises(ValueError, match="map_size"):
             client.detect_many([b"x"], map_size="huge")  # type: ignore[typeddict-item]
     assert fake.servicer.metadata == []
+
+
+# --- several servers: balancing by health, retries on another server, health of the whole -----------------
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[FakeServer, FakeServer]]:
+    servers = (start_fake(), start_fake())
+    yield servers
+    for server in servers:
+        server.server.stop(0)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def calls_on(server: FakeServer) -> int:
+    return len(server.servicer.metadata)
+
+
+def test_calls_skip_a_server_that_is_not_serving_and_spread_once_it_is(pair: tuple[FakeServer, FakeServer]) -> None:
+    starting, serving = pair
+    starting.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    with InspectionClient([starting.address, serving.address], retry=None) as client:
+        for _ in range(10):
+            client.models()
+        assert (calls_on(starting), calls_on(serving)) == (0, 10)
+        starting.health.set("", health_pb2.HealthCheckResponse.SERVING)  # the client hears it on its health watch
+        deadline = time.monotonic() + 30
+        while calls_on(starting) == 0 and time.monotonic() < deadline:
+            client.models()
+        before = calls_on(starting), calls_on(serving)
+        for _ in range(10):
+            client.models()
+    assert (calls_on(starting) - before[0], calls_on(serving) - before[1]) == (5, 5), "round robin"
+
+
+def test_a_call_refused_unavailable_is_retried_on_the_other_server(pair: tuple[FakeServer, FakeServer]) -> None:
+    draining, healthy = pair
+    draining.servicer.failures = 1000  # every call refused UNAVAILABLE, while its health still says SERVING
+    with InspectionClient(f"{draining.address},{healthy.address}", retry=FAST_RETRY) as client:
+        results = [client.models()[0].name for _ in range(10)]
+    assert results == ["brick"] * 10, "every call succeeded"
+    assert calls_on(healthy) == 10 and calls_on(draining) >= 1
+    retried = [m for m in healthy.servicer.metadata if "grpc-previous-rpc-attempts" in m]
+    assert len(retried) == calls_on(draining), "each refused attempt was retried on the other server"
+
+
+def test_async_client_balances_by_health_too(pair: tuple[FakeServer, FakeServer]) -> None:
+    starting, serving = pair
+    starting.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def main() -> list[str]:
+        async with AsyncInspectionClient([starting.address, serving.address], retry=None) as client:
+            names = [(await client.models())[0].name for _ in range(6)]
+            names.append(await client.health())
+            return names
+
+    assert asyncio.run(main()) == ["brick"] * 6 + ["SERVING"]
+    assert (calls_on(starting), calls_on(serving)) == (0, 6)
+
+
+def test_health_of_several_servers(pair: tuple[FakeServer, FakeServer]) -> None:
+    first, second = pair
+    first.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    offline = f"127.0.0.1:{free_port()}"
+    with InspectionClient([first.address, second.address]) as client:
+        assert client.health() == "SERVING", "one of them serves"
+        second.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert client.health() == "NOT_SERVING"
+        assert client.health("model/nope") == "SERVICE_UNKNOWN"
+    with InspectionClient([offline, second.address]) as client:
+        assert client.health("model/brick") == "NOT_SERVING", "an unreachable server does not hide the others"
+    with InspectionClient([offline, f"127.0.0.1:{free_port()}"]) as client, pytest.raises(ServerUnavailableError):
+        client.health(timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("target", "uri", "addresses"),
+    [
+        ("localhost:50051", "localhost:50051", ("localhost:50051",)),  # one name: gRPC resolves it, every address
+        ("dns:///inspect.svc:50051", "dns:///inspect.svc:50051", ("dns:///inspect.svc:50051",)),
+        ("10.0.0.1:1, 10.0.0.2:2", "ipv4:10.0.0.1:1,10.0.0.2:2", ("10.0.0.1:1", "10.0.0.2:2")),
+        (
+            ["10.0.0.1:1", "10.0.0.1:1", "10.0.0.3:3"],
+            "ipv4:10.0.0.1:1,10.0.0.3:3",
+            ("10.0.0.1:1", "10.0.0.1:1", "10.0.0.3:3"),
+        ),
+        (["[::1]:5", "[fe80::1]:6"], "ipv6:[::1]:5,[fe80::1]:6", ("[::1]:5", "[fe80::1]:6")),
+        (["localhost:7", "127.0.0.2:8"], "ipv4:127.0.0.1:7,127.0.0.2:8", ("localhost:7", "127.0.0.2:8")),
+    ],
+)
+def test_server_targets(target: str | list[str], uri: str, addresses: tuple[str, ...]) -> None:
+    parsed = ServerTarget.parse(target)
+    assert (parsed.uri, parsed.addresses) == (uri, addresses)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("", "no server address given"),
+        ([" ", ""], "no server address given"),
+        (["10.0.0.1:1", "[::1]:2"], "mix IPv4 and IPv6"),
+        (["10.0.0.1:1", "nohost"], "is not host:port"),
+        (["nohost.invalid:1", "other.invalid:2"], "resolves to an IP address"),
+    ],
+)
+def test_unusable_server_targets(target: str | list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ServerTarget.parse(target)

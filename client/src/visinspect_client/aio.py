@@ -24,14 +24,18 @@ from visinspect_client._protocol import (
     split_options,
 )
 from visinspect_client._streaming import Outcome, StreamLedger
-from visinspect_client.client import DEFAULT_RETRY, SERVICE_UNKNOWN
+from visinspect_client.client import DEFAULT_RETRY
 from visinspect_client.connection import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_TARGET,
+    HealthSeen,
     RetryPolicy,
+    ServerTarget,
+    Target,
     TlsConfig,
     channel_credentials,
     channel_options,
+    open_channel,
     plaintext_metadata,
 )
 from visinspect_client.errors import VisInspectError, from_rpc_error
@@ -49,7 +53,7 @@ class AsyncInspectionClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: Target = DEFAULT_TARGET,
         *,
         tls: TlsConfig | None = None,
         token: str | None = None,
@@ -57,17 +61,17 @@ class AsyncInspectionClient:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        self.target = target
+        self._server = ServerTarget.parse(target)
+        self.target = self._server.label
         self.timeout = timeout
-        options = channel_options(retry, max_message_bytes, tls)
-        credentials = channel_credentials(tls, token)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self._tls = tls
+        self._max_message_bytes = max_message_bytes
+        self._credentials = channel_credentials(tls, token)
+        options = channel_options(retry, max_message_bytes, tls, self._server.authority)
+        self._channel: grpc.aio.Channel = open_channel(grpc.aio, self._server.uri, options, self._credentials)
         self._metadata = plaintext_metadata(tls, token)
         self._stub = pb_grpc.InspectionServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._probes: dict[str, grpc.aio.Channel] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -78,8 +82,11 @@ class AsyncInspectionClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel (pending calls are cancelled)."""
+        """Close the channels (pending calls are cancelled)."""
         await self._channel.close()
+        probes, self._probes = self._probes, {}
+        for probe in probes.values():
+            await probe.close()
 
     async def detect(
         self,
@@ -167,16 +174,26 @@ class AsyncInspectionClient:
         return model_details(await self._call(self._stub.DescribeModel, request, timeout))
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
-        """The grpc.health.v1 status of ``service``: "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN"."""
+        """The grpc.health.v1 status of ``service`` (see :meth:`InspectionClient.health`)."""
         deadline = self.timeout if timeout is None else timeout
         request = health_pb2.HealthCheckRequest(service=service)
-        try:
-            response = await self._health.Check(request, timeout=deadline, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return SERVICE_UNKNOWN
-            raise from_rpc_error(exc, self.target, deadline) from exc
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        seen = HealthSeen()
+        for address in self._server.addresses:
+            stub = health_pb2_grpc.HealthStub(self._probe(address))
+            try:
+                seen.status((await stub.Check(request, timeout=deadline, metadata=self._metadata)).status)
+            except grpc.RpcError as exc:
+                seen.error(exc, address, deadline)
+            if seen.serving:
+                break
+        return seen.result()
+
+    def _probe(self, address: str) -> grpc.aio.Channel:
+        """A channel to one server that is not steered by health (it asks for it)."""
+        if address not in self._probes:
+            options = channel_options(None, self._max_message_bytes, self._tls, balanced=False)
+            self._probes[address] = open_channel(grpc.aio, address, options, self._credentials)
+        return self._probes[address]
 
     async def _detect(self, request: pb.DetectRequest, timeout: float | None) -> DetectionResult:
         started = time.perf_counter()

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--server",
         default=os.environ.get("VISINSPECT_SERVER", DEFAULT_TARGET),
-        help="host:port of the server (env VISINSPECT_SERVER; default %(default)s)",
+        help="host:port of the server, or several separated by commas: calls are spread over those serving "
+        "(env VISINSPECT_SERVER; default %(default)s)",
     )
     group.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default %(default)s)")
     group.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
@@ -118,7 +119,10 @@ def connect(args: argparse.Namespace) -> InspectionClient:
             tls.credentials()  # read the PEM files now, to report a bad path as a usage error
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-    return InspectionClient(args.server, tls=tls, token=args.token or None, timeout=args.timeout)
+    try:
+        return InspectionClient(args.server, tls=tls, token=args.token or None, timeout=args.timeout)
+    except ValueError as exc:  # an unusable --server
+        raise UsageError(str(exc)) from exc
 
 
 # --- predict -------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -27,10 +28,14 @@ from visinspect_client._streaming import Outcome, StreamLedger
 from visinspect_client.connection import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_TARGET,
+    HealthSeen,
     RetryPolicy,
+    ServerTarget,
+    Target,
     TlsConfig,
     channel_credentials,
     channel_options,
+    open_channel,
     plaintext_metadata,
 )
 from visinspect_client.errors import InvalidImageError, error_for, from_rpc_error
@@ -39,20 +44,22 @@ from visinspect_client.results import DetectionFailure, DetectionResult, ModelDe
 
 Response = TypeVar("Response")
 DEFAULT_RETRY = RetryPolicy()
-SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
 
 
 class InspectionClient:
     """A blocking client of the visual inspection service.
 
-    ``timeout`` is each call's default deadline in seconds (retries included); ``retry=None`` disables
-    gRPC's retries of UNAVAILABLE. ``token`` is sent as ``authorization: Bearer <token>`` on every call.
-    Use it as a context manager, or call :meth:`close`. Safe to share between threads.
+    ``target`` is one server (``host:port``; a name that resolves to several addresses, such as a Kubernetes
+    headless Service, reaches all of them) or several (a list, or ``"host1:port,host2:port"``): calls are
+    spread over the servers whose health is SERVING, and one refused with UNAVAILABLE (a server restarting)
+    is retried on another. ``timeout`` is each call's default deadline in seconds (retries included);
+    ``retry=None`` disables gRPC's retries of UNAVAILABLE. ``token`` is sent as ``authorization: Bearer
+    <token>`` on every call. Use it as a context manager, or call :meth:`close`. Safe to share between threads.
     """
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: Target = DEFAULT_TARGET,
         *,
         tls: TlsConfig | None = None,
         token: str | None = None,
@@ -60,17 +67,18 @@ class InspectionClient:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        self.target = target
+        self._server = ServerTarget.parse(target)
+        self.target = self._server.label
         self.timeout = timeout
-        options = channel_options(retry, max_message_bytes, tls)
-        credentials = channel_credentials(tls, token)
-        if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._tls = tls
+        self._max_message_bytes = max_message_bytes
+        self._credentials = channel_credentials(tls, token)
+        options = channel_options(retry, max_message_bytes, tls, self._server.authority)
+        self._channel: grpc.Channel = open_channel(grpc, self._server.uri, options, self._credentials)
         self._metadata = plaintext_metadata(tls, token)
         self._stub = pb_grpc.InspectionServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._probes: dict[str, grpc.Channel] = {}
+        self._probes_lock = threading.Lock()
 
     def __enter__(self) -> Self:
         return self
@@ -81,8 +89,12 @@ class InspectionClient:
         self.close()
 
     def close(self) -> None:
-        """Close the channel (pending calls are cancelled)."""
+        """Close the channels (pending calls are cancelled)."""
         self._channel.close()
+        with self._probes_lock:
+            for probe in self._probes.values():
+                probe.close()
+            self._probes.clear()
 
     def detect(
         self,
@@ -206,15 +218,28 @@ class InspectionClient:
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status of ``service`` ("" = the whole server, ``model/<name>`` = one model):
-        "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN". Raises when the server cannot be reached."""
+        "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN"; with several servers, "SERVING" when one of them is.
+        Raises when no server can be reached."""
+        deadline = self._deadline(timeout)
         request = health_pb2.HealthCheckRequest(service=service)
-        try:
-            response = self._health.Check(request, timeout=self._deadline(timeout), metadata=self._metadata)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return SERVICE_UNKNOWN
-            raise from_rpc_error(exc, self.target, self._deadline(timeout)) from exc
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        seen = HealthSeen()
+        for address in self._server.addresses:
+            stub = health_pb2_grpc.HealthStub(self._probe(address))
+            try:
+                seen.status(stub.Check(request, timeout=deadline, metadata=self._metadata).status)
+            except grpc.RpcError as exc:
+                seen.error(exc, address, deadline)
+            if seen.serving:
+                break
+        return seen.result()
+
+    def _probe(self, address: str) -> grpc.Channel:
+        """A channel to one server that is not steered by health (it asks for it)."""
+        with self._probes_lock:
+            if address not in self._probes:
+                options = channel_options(None, self._max_message_bytes, self._tls, balanced=False)
+                self._probes[address] = open_channel(grpc, address, options, self._credentials)
+            return self._probes[address]
 
     def _deadline(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout

@@ -1,26 +1,101 @@
-"""How a client connects: TLS, the bearer token, retries (gRPC's service config) and message limits.
+"""How a client connects: one or several servers, TLS, the bearer token, load balancing, health checking,
+retries (all in gRPC's service config) and message limits.
 
 Shared by the blocking and the asyncio clients: they differ only in the channel class they build.
+
+Calls are spread over every address of the target with gRPC's ``round_robin``, and each server's
+``grpc.health.v1`` status is watched (gRPC client-side health checking): a server that is starting,
+draining for a restart or without a model gets no calls while another one can take them. A call refused
+with UNAVAILABLE is retried by gRPC (the retry policy), and each attempt is balanced anew, so it lands
+on another server.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from visinspect_client._protocol import SERVICE
+from visinspect_client.errors import VisInspectError, from_rpc_error
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RECONNECT_INITIAL_MS = 200
 RECONNECT_MAX_MS = 3000
 
+HEALTH_SERVICE = ""  # the whole server's health: every grpc.health.v1 server knows it
+
 PemSource = Path | bytes | str | None
 Metadata = tuple[tuple[str, str], ...]
+Target = str | Sequence[str]
+
+
+@dataclass(frozen=True)
+class ServerTarget:
+    """Where a client connects. ``uri`` is what gRPC dials; ``authority`` the name it presents (None: gRPC's
+    default); ``addresses`` the servers one by one (for per-server health checks); ``label`` names it in
+    errors."""
+
+    uri: str
+    authority: str | None
+    addresses: tuple[str, ...]
+    label: str
+
+    @classmethod
+    def parse(cls, target: Target) -> ServerTarget:
+        """One address (``host:port``, or any gRPC target URI such as ``dns:///name:port``), or several
+        (a sequence, or one string with commas). A name given alone is resolved by gRPC, again whenever
+        connections fail (a Kubernetes headless Service: every pod). Names in a list are resolved here, once."""
+        entries = [target] if isinstance(target, str) else list(target)
+        parts = [part.strip() for entry in entries for part in entry.split(",") if part.strip()]
+        if not parts:
+            raise ValueError("no server address given")
+        if len(parts) == 1:
+            return cls(parts[0], None, (parts[0],), parts[0])
+        resolved: list[str] = []
+        for part in parts:
+            resolved.extend(address for address in _resolve(part) if address not in resolved)
+        if not resolved:
+            raise ValueError(f"none of the server addresses {', '.join(parts)} resolves to an IP address")
+        families = {":" in address.rpartition(":")[0] for address in resolved}
+        if len(families) > 1:
+            raise ValueError(f"the server addresses mix IPv4 and IPv6 ({', '.join(resolved)}): use one family")
+        scheme = "ipv6" if families == {True} else "ipv4"
+        return cls(f"{scheme}:{','.join(resolved)}", parts[0], tuple(parts), ",".join(parts))
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"server address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _resolve(address: str) -> list[str]:
+    """``address``'s IP addresses as gRPC ``ipv4:``/``ipv6:`` entries (IPv4 preferred); [] when unresolvable."""
+    host, port = _split_host_port(address)
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        return [f"[{literal}]:{port}" if literal.version == 6 else f"{literal}:{port}"]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    v4 = [f"{info[4][0]}:{port}" for info in infos if info[0] == socket.AF_INET]
+    v6 = [f"[{info[4][0]}]:{port}" for info in infos if info[0] == socket.AF_INET6]
+    return list(dict.fromkeys(v4 or v6))
 
 
 @dataclass(frozen=True)
@@ -66,30 +141,43 @@ class RetryPolicy:
         if self.initial_backoff_s <= 0 or self.max_backoff_s <= 0 or self.backoff_multiplier <= 0:
             raise ValueError("back-off times and multiplier must be positive")
 
-    def service_config(self) -> str:
-        """The ``grpc.service_config`` JSON applying this policy to every InspectionService method."""
-        return json.dumps(
-            {
-                "methodConfig": [
-                    {
-                        "name": [{"service": SERVICE}],
-                        "retryPolicy": {
-                            "maxAttempts": self.max_attempts,
-                            "initialBackoff": _duration(self.initial_backoff_s),
-                            "maxBackoff": _duration(self.max_backoff_s),
-                            "backoffMultiplier": self.backoff_multiplier,
-                            "retryableStatusCodes": ["UNAVAILABLE"],
-                        },
-                    }
-                ]
-            }
-        )
+    def method_config(self) -> dict[str, object]:
+        """The service config's ``methodConfig`` entry applying this policy to every InspectionService method."""
+        return {
+            "name": [{"service": SERVICE}],
+            "retryPolicy": {
+                "maxAttempts": self.max_attempts,
+                "initialBackoff": _duration(self.initial_backoff_s),
+                "maxBackoff": _duration(self.max_backoff_s),
+                "backoffMultiplier": self.backoff_multiplier,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+
+
+def service_config(retry: RetryPolicy | None) -> str:
+    """The ``grpc.service_config`` JSON: round-robin over every address, skipping servers whose health is not
+    SERVING, and the retry policy (when given)."""
+    config: dict[str, object] = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": HEALTH_SERVICE},
+    }
+    if retry is not None:
+        config["methodConfig"] = [retry.method_config()]
+    return json.dumps(config)
 
 
 def channel_options(
-    retry: RetryPolicy | None, max_message_bytes: int, tls: TlsConfig | None
+    retry: RetryPolicy | None,
+    max_message_bytes: int,
+    tls: TlsConfig | None,
+    authority: str | None = None,
+    *,
+    balanced: bool = True,
 ) -> list[tuple[str, str | int]]:
-    """Channel arguments: message limits, retries (or none), reconnect pace and the TLS name override."""
+    """Channel arguments: message limits, balancing and health checking (unless ``balanced`` is False: a
+    channel that asks one server for its health), retries (or none), reconnect pace, the authority of a list
+    of servers, and the TLS name override."""
     options: list[tuple[str, str | int]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -99,11 +187,59 @@ def channel_options(
         ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_MS),
         ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
     ]
-    if retry is not None:
-        options.append(("grpc.service_config", retry.service_config()))
+    if balanced:
+        options.append(("grpc.service_config", service_config(retry)))
+    if authority is not None:
+        options.append(("grpc.default_authority", authority))
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     return options
+
+
+def open_channel(
+    api: Any,
+    uri: str,
+    options: list[tuple[str, str | int]],
+    credentials: grpc.ChannelCredentials | None,
+) -> Any:
+    """A channel from ``api`` (``grpc`` or ``grpc.aio``: the same two constructors): TLS with ``credentials``,
+    plaintext without."""
+    if credentials is None:
+        return api.insecure_channel(uri, options=options)
+    return api.secure_channel(uri, credentials, options=options)
+
+
+class HealthSeen:
+    """Health answers from the servers of a target, one by one: the best status wins ("SERVING" if any)."""
+
+    def __init__(self) -> None:
+        self._statuses: list[str] = []
+        self._error: VisInspectError | None = None
+
+    @property
+    def serving(self) -> bool:
+        """Whether some server answered SERVING (no need to ask the others)."""
+        return "SERVING" in self._statuses
+
+    def status(self, status: int) -> None:
+        """A server's answer."""
+        self._statuses.append(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+
+    def error(self, error: grpc.RpcError, address: str, timeout: float) -> None:
+        """A failed check: NOT_FOUND means the service is unknown there; anything else, unreachable."""
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            self._statuses.append("SERVICE_UNKNOWN")
+        else:
+            self._error = from_rpc_error(error, address, timeout)
+
+    def result(self) -> str:
+        """SERVING when one server is; otherwise the first answer; raises when no server answered."""
+        if self.serving:
+            return "SERVING"
+        if self._statuses:
+            return self._statuses[0]
+        assert self._error is not None
+        raise self._error
 
 
 def channel_credentials(tls: TlsConfig | None, token: str | None) -> grpc.ChannelCredentials | None:

@@ -113,6 +113,11 @@ def from_rpc_error(error: grpc.RpcError, target: str, timeout: float | None = No
 
 
 def _message(code: grpc.StatusCode, details: str, target: str, timeout: float | None) -> str:
+    if code == grpc.StatusCode.UNAVAILABLE and "backend unhealthy" in details:
+        return (
+            f"no server at {target} is serving: each is starting, restarting or has no model loaded yet "
+            f"(health NOT_SERVING; {details}). Try again shortly"
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
         return (
             f"the server at {target} is unavailable: {details}. Check that it is running and reachable "
