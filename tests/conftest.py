@@ -48,6 +48,18 @@ def exported(trained_run, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def exported_other_weights(tiny_config, trained_run, tmp_path_factory: pytest.TempPathFactory):
+    """The same model name and data as ``exported``, fitted with another seed: other weights, other scores."""
+    import dataclasses
+
+    from visinspect_training.api import export_run, train
+
+    config = dataclasses.replace(tiny_config, seed=tiny_config.seed + 1)
+    run = train(config, tmp_path_factory.mktemp("runs-other-seed"))
+    return export_run(run, tmp_path_factory.mktemp("repository-other-seed"))
+
+
+@pytest.fixture(scope="session")
 def mvtec_bottle() -> Path:
     if not (MVTEC_ROOT / "bottle" / "train" / "good").is_dir():
         pytest.skip(f"MVTec AD bottle is not at {MVTEC_ROOT / 'bottle'} (it ships only in this workplace's ../shared)")
@@ -68,3 +80,12 @@ def served(exported, synthetic_category):
     server = start_server(exported.version_dir.parents[1], ["--image-root", str(synthetic_category)])
     yield server
     server.stop()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``package_index`` skip when pip's index does not answer, except with CI=true (tests/index.py)."""
+    if item.get_closest_marker("package_index") is not None:
+        from tests.index import skip_unless_the_index_answers
+
+        skip_unless_the_index_answers(item.config)
