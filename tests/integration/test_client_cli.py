@@ -10,14 +10,18 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.server_harness import ServerProcess, start_server
 from visinspect_client import DetectionResult, InspectionClient
 from visinspect_client.cli import main
+
+AUTH_TOKEN = "cli-test-token"
 
 
 def free_port() -> int:
@@ -231,13 +235,40 @@ def test_unreachable_server_exits_2(synthetic_category: Path, capsys, command) -
     assert f"the server at {target} is unavailable" in err and out == ""
 
 
-def test_server_and_token_from_the_environment(served, synthetic_category: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("VISINSPECT_SERVER", served.address)
-    monkeypatch.setenv("VISINSPECT_TOKEN", "from-env")
-    status, out, _ = run_cli(
+@pytest.fixture(scope="module")
+def token_server(exported) -> Iterator[ServerProcess]:
+    """A second server over the same repository that requires ``authorization: Bearer <AUTH_TOKEN>``."""
+    server = start_server(exported.version_dir.parents[1], env={"VISINSPECT_AUTH_TOKENS": f"other-token,{AUTH_TOKEN}"})
+    yield server
+    server.stop()
+
+
+def test_server_and_token_from_the_environment(
+    token_server: ServerProcess, synthetic_category: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("VISINSPECT_SERVER", token_server.address)
+    monkeypatch.setenv("VISINSPECT_TOKEN", AUTH_TOKEN)
+    status, out, err = run_cli(
         capsys, "predict", str(synthetic_category / "test" / "hole" / "000.png"), "--format", "json"
     )
-    assert status == 0 and json.loads(out)["results"][0]["verdict"] == "anomalous"
+    assert status == 0, err
+    assert json.loads(out)["results"][0]["verdict"] == "anomalous"
+
+
+@pytest.mark.parametrize("token", ["wrong-token", None], ids=["wrong-token", "no-token"])
+def test_a_refused_token_from_the_environment_exits_2(
+    token_server: ServerProcess, synthetic_category: Path, monkeypatch, capsys, token: str | None
+) -> None:
+    monkeypatch.setenv("VISINSPECT_SERVER", token_server.address)
+    if token is None:
+        monkeypatch.delenv("VISINSPECT_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("VISINSPECT_TOKEN", token)
+    status, out, err = run_cli(
+        capsys, "predict", str(synthetic_category / "test" / "hole" / "000.png"), "--format", "json"
+    )
+    assert status == 2 and out == ""
+    assert f"the server at {token_server.address} refused the credentials" in err
 
 
 def test_models(served, exported, capsys) -> None:

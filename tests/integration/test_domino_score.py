@@ -10,6 +10,7 @@ from types import ModuleType
 import pytest
 
 from tests.conftest import REPO_ROOT
+from visinspect_client import InspectionClient
 
 
 @pytest.fixture
@@ -36,6 +37,31 @@ def test_relative_and_absolute_paths(score, synthetic_category: Path) -> None:
     assert relative["model"] == "brick" and relative["model_version"] == 1
     assert isinstance(relative["is_anomalous"], bool)
     assert 0.5 <= relative["confidence"] <= 1.0 and 0.0 <= relative["score"] <= 1.0
+
+
+def test_values_equal_a_direct_detect(score, served, synthetic_category: Path) -> None:
+    """Every field of the result is the server's own Detect answer for the same image and threshold."""
+    images = sorted(p.relative_to(synthetic_category).as_posix() for p in synthetic_category.glob("test/*/00[01].png"))
+    folders = {Path(image).parent.name for image in images}
+    assert "good" in folders and len(folders) >= 3  # good images and at least two kinds of defect
+    compared = []
+    with InspectionClient(served.address) as client:
+        for image in images:
+            for threshold in (None, 0.2, 0.9):
+                data = {"image": image} if threshold is None else {"image": image, "threshold": threshold}
+                result = json.loads(call_like_domino(score, json.dumps({"data": data})))["result"]
+                direct = client.detect(synthetic_category / image, threshold=threshold)
+                assert result["is_anomalous"] is (direct.verdict == "anomalous"), (image, threshold)
+                # The server may batch concurrent calls, which changes the last bits of a score.
+                assert result["score"] == pytest.approx(direct.score, rel=1e-6), (image, threshold)
+                assert result["confidence"] == pytest.approx(direct.confidence, rel=1e-6), (image, threshold)
+                assert (result["model"], result["model_version"]) == (direct.model, direct.version)
+                compared.append((threshold, direct))
+    # The comparison can tell the fields apart: score and confidence differ widely on some image, and the
+    # threshold key changes some verdict.
+    assert any(abs(d.score - 0.5) > 0.2 and abs(d.confidence - d.score) > 0.2 for _, d in compared)
+    verdicts = {t: [d.is_anomalous for u, d in compared if u == t] for t in (None, 0.2, 0.9)}
+    assert verdicts[None] != verdicts[0.2] or verdicts[None] != verdicts[0.9]
 
 
 def test_threshold_and_model_keys(score) -> None:

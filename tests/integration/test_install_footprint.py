@@ -7,18 +7,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.package_index  # pip resolves every dependency from the index
 
 HEAVY = {"torch", "torchvision", "anomalib", "lightning", "timm"}
 
 
 def resolved(distributions: list[str], tmp_path: Path) -> set[str]:
     report = tmp_path / "report.json"
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
          "--report", str(report), *(str(REPO_ROOT / d) for d in distributions)],
-        check=True, capture_output=True,
+        check=False, capture_output=True, text=True,
     )  # fmt: skip
+    assert done.returncode == 0, f"pip could not resolve {distributions}:\n{done.stderr[-3000:]}"
     return {item["metadata"]["name"].lower().replace("_", "-") for item in json.loads(report.read_text())["install"]}
 
 

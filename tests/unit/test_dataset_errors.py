@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from visinspect_training import data
 from visinspect_training.data import DatasetSpec, build_datamodule
 from visinspect_training.errors import ConfigError, DatasetError
 
@@ -88,10 +91,52 @@ def test_folder_dataset_needs_a_normal_folder(folders: Path) -> None:
         build_datamodule(folder_spec(folders, normal_dir=None), SIZE)
 
 
-def test_absent_mvtec_category_fails_fast_offline(tmp_path: Path) -> None:
-    spec = DatasetSpec(kind="mvtec", root=tmp_path, category="bottle")
-    with pytest.raises(DatasetError, match=r"MVTec AD category 'bottle' is not under .* unreachable"):
-        build_datamodule(spec, SIZE)
+@pytest.fixture
+def mvtec_downloads(monkeypatch) -> list[tuple[Path, str]]:
+    """Stands in for anomalib's MVTecAD in data.py: records each ``prepare_data`` (the download) and, instead of
+    downloading, writes a small category without masks there (so the Folder datamodule reads it)."""
+    downloads: list[tuple[Path, str]] = []
+
+    class RecordingMVTecAD:
+        def __init__(self, root: Path, category: str, **_: object) -> None:
+            self.root, self.category = Path(root), category
+
+        def prepare_data(self) -> None:
+            downloads.append((self.root, self.category))
+            write_images(self.root / self.category / "train" / "good", 6)
+            write_images(self.root / self.category / "test" / "good", 4)
+            write_images(self.root / self.category / "test" / "broken", 4)
+
+    monkeypatch.setattr(data, "MVTecAD", RecordingMVTecAD)
+    return downloads
+
+
+def probe_download_server_at(monkeypatch, port: int) -> None:
+    """Point the reachability probe at a local port instead of MVTec's download host."""
+    local = dataclasses.replace(data.DOWNLOAD_INFO, url=f"http://127.0.0.1:{port}/mvtec_anomaly_detection.tar.xz")
+    monkeypatch.setattr(data, "DOWNLOAD_INFO", local)
+
+
+def test_absent_mvtec_category_fails_fast_offline(tmp_path: Path, monkeypatch, mvtec_downloads) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connecting is refused, and the port stays ours
+        probe_download_server_at(monkeypatch, closed.getsockname()[1])
+        spec = DatasetSpec(kind="mvtec", root=tmp_path, category="bottle")
+        with pytest.raises(
+            DatasetError, match=r"MVTec AD category 'bottle' is not under .* 127\.0\.0\.1 is unreachable"
+        ):
+            build_datamodule(spec, SIZE)
+    assert mvtec_downloads == []
+
+
+def test_absent_mvtec_category_is_downloaded_when_reachable(tmp_path: Path, monkeypatch, mvtec_downloads) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        probe_download_server_at(monkeypatch, server.getsockname()[1])
+        datamodule = build_datamodule(DatasetSpec(kind="mvtec", root=tmp_path, category="bottle"), SIZE)
+    assert mvtec_downloads == [(tmp_path, "bottle")]
+    assert len(datamodule.train_data) == 6  # the "downloaded" category is the one read
 
 
 def test_unknown_synthetic_texture(tmp_path: Path) -> None:

