@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import TINY_IMAGE_SIZE
+from tests.load_harness import wait_until_steady
 from tests.server_harness import start_server
 from visinspect_client import (
     AsyncInspectionClient,
@@ -274,7 +275,7 @@ def test_unavailable_without_retries_fails_fast(synthetic_category: Path) -> Non
     started = time.monotonic()
     with InspectionClient(target, retry=None) as offline, pytest.raises(ServerUnavailableError) as caught:
         offline.detect(first(synthetic_category / "test" / "good"))
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10.0  # one attempt, no back-off (attempts are counted in the unit tests)
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert target in str(caught.value) and "running" in str(caught.value)
     assert isinstance(caught.value.__cause__, grpc.RpcError)
@@ -416,7 +417,8 @@ def test_stream_is_lazy_and_re_raises_the_sources_error(client: InspectionClient
     # Full-size heat maps and masks make the responses large: unread, they fill the flow-control window.
     outcomes = client.stream(camera(), anomaly_map=True, mask=True, map_size="original")
     first_outcome = next(outcomes)
-    time.sleep(3.0)  # we read nothing more: the server stops taking frames, so the client stops pulling them
+    # We read nothing more: the server stops taking frames, so the client stops pulling them.
+    wait_until_steady(lambda: pulled, total)
     assert pulled < total, "the stream consumed the whole source although nobody read its results"
     assert isinstance(first_outcome, DetectionResult)
     rest = []

@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from tests.conftest import TINY_IMAGE_SIZE
+from tests.load_harness import wait_until_steady
 from visinspect_api.model_repository import IR_XML_FILENAME
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_training.ir import compile_ir, infer
@@ -347,10 +348,7 @@ def test_stream_flow_control_bounds_what_the_server_reads(served) -> None:
 
     with served.channel() as channel:
         responses = served.stub(channel).DetectStream(requests(), timeout=120)
-        import time
-
-        time.sleep(4.0)  # the client reads nothing: the server must stop taking requests
-        stalled_at = pulled
+        stalled_at = wait_until_steady(lambda: pulled, total)  # the client reads nothing: the server stops taking
         received = [r.request_id for r in responses]
     assert stalled_at < total, "the server kept consuming requests although nobody read its responses"
     assert received == [str(i) for i in range(total)]
