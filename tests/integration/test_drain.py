@@ -141,11 +141,12 @@ def test_the_grace_deadline_ends_stuck_calls_unavailable_not_cancelled(repositor
         grpc.insecure_channel(server.address) as channel,
     ):
         stub = InspectionServiceStub(channel)
-        stuck = stub.Detect.future(request_, timeout=120)
         frames: queue.Queue = queue.Queue()
         stream = stub.DetectStream(feed(frames), timeout=120)
         frames.put(request_)
-        wait_for(lambda: in_flight(server) == 2, 60, "both calls admitted")
+        wait_for(lambda: gate.held_images == 1, 60, "the stream's frame inside inference")
+        stuck = stub.Detect.future(request_, timeout=120)
+        wait_for(lambda: in_flight(server) == 2, 60, "the unary call taken too")
         started = time.monotonic()
         assert server.begin_stop().result(timeout=grace_s + 60) is True
         elapsed = time.monotonic() - started
@@ -172,15 +173,13 @@ def test_a_call_whose_deadline_passes_in_a_full_queue_is_dropped_before_inferenc
             held.append(stub.Detect.future(request_, timeout=120))
             wait_for(lambda busy=busy: gate.held_images == busy, 60, f"{busy} slots busy")
 
+        expiring = stub.Detect.future(request_, timeout=5.0)  # waits in the batcher's queue behind the full slots
+        wait_for(lambda: in_flight(server) == slots + 1, 5, "the call taken by the server before its deadline")
         with pytest.raises(grpc.RpcError) as expired:
-            stub.Detect(request_, timeout=1.0)  # waits in the batcher's queue behind the full slots
+            expiring.result(timeout=60)
         assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        wait_for(
-            lambda: requests_counted(server, "Detect", grpc.StatusCode.DEADLINE_EXCEEDED) == 1,
-            30,
-            "the server to see the deadline pass",
-        )
-        assert in_flight(server) == slots, "the expired call left the server"
+        wait_for(lambda: in_flight(server) == slots, 30, "the expired call to leave the server")
+        assert requests_counted(server, "Detect", grpc.StatusCode.DEADLINE_EXCEEDED) == 1
         assert gate.held_images == slots and gate.images_by_version == {}
 
         gate.open()

@@ -30,10 +30,14 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE.format(request_id=request_id_var.get())
 
 
+DEADLINE_SLACK_S = 0.5  # the caller's own timer fires first, earlier by the time the request took to arrive
+
+
 def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     """Why gRPC cancelled a handler: its deadline passed (DEADLINE_EXCEEDED), or the caller went away."""
     remaining = context.time_remaining()
-    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+    expired = remaining is not None and remaining <= DEADLINE_SLACK_S
+    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
 
 def unary_rpc(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
