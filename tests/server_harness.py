@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +22,22 @@ class ServerProcess(LocalServer):
 
     def stub(self, channel: grpc.Channel) -> inspection_pb2_grpc.InspectionServiceStub:
         return inspection_pb2_grpc.InspectionServiceStub(channel)
+
+    def metric(self, name: str, labels: str = "", missing: float | None = None) -> float:
+        """One sample's value from /metrics (``labels`` as rendered, e.g. ``model="brick"``); ``missing`` when
+        the sample is absent (None: an AssertionError)."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
+        found = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
+        if found is not None:
+            return float(found.group(1))
+        if missing is None:
+            raise AssertionError(f"no sample {name}{{{labels}}} in /metrics")
+        return missing
+
+    def requests(self, method: str, code: str = "OK") -> float:
+        """``visinspect_requests_total`` of one method and status code (0 before the first)."""
+        return self.metric("visinspect_requests_total", f'code="{code}",method="{method}"', missing=0.0)
 
     def wait_for_log(self, text: str, timeout_s: float = 60.0) -> dict:
         deadline = time.monotonic() + timeout_s

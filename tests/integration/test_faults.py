@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import shutil
 import signal
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -48,16 +46,6 @@ def repository(exported, tmp_path: Path) -> Path:
     shutil.copytree(source, target)
     assert (target / MODEL / "1").is_dir()
     return target
-
-
-def metric(server: ServerProcess, name: str, labels: str = "") -> float:
-    """One sample's value from the server's /metrics (``labels`` as rendered, e.g. ``model="brick"``)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
-    found = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
-    if found is None:
-        raise AssertionError(f"no sample {name}{{{labels}}} in /metrics")
-    return float(found.group(1))
 
 
 def log_count(server: ServerProcess, text: str) -> int:
@@ -246,7 +234,7 @@ def test_version_folder_still_being_written_is_served_only_once_complete(reposit
         server.wait_for_log(f"loaded {MODEL} version 3")
         wait_for(lambda: sum(c.model_version == 3 for c in load.calls) >= 20, 120, "20 calls on version 3")
         rejected_logs = log_count(server, f"rejected {MODEL} version")
-        rejected_metric = metric(server, "visinspect_model_versions_rejected_total", f'model="{MODEL}"')
+        rejected_metric = server.metric("visinspect_model_versions_rejected_total", f'model="{MODEL}"')
     finally:
         calls = load.stop()
         assert server.stop() == 0
@@ -272,7 +260,7 @@ def test_repository_gone_keeps_serving_reports_it_and_recovers(
     load = Load(server.address, mixed_cases(synthetic_category, errors=False), clients=4).start()
     try:
         assert server.health("repository") == SERVING
-        assert metric(server, "visinspect_repository_readable") == 1.0
+        assert server.metric("visinspect_repository_readable") == 1.0
         wait_for(lambda: len(load.calls) >= 20, 120, "20 calls before the fault")
 
         gone_at = time.monotonic()
@@ -281,7 +269,7 @@ def test_repository_gone_keeps_serving_reports_it_and_recovers(
             repository.write_text("not a repository")
         server.wait_for_log("cannot read model repository")
         server.wait_for_health(NOT_SERVING, "repository", timeout_s=30)
-        assert metric(server, "visinspect_repository_readable") == 0.0
+        assert server.metric("visinspect_repository_readable") == 0.0
         assert server.health() == SERVING, "the loaded model still answers"
         assert server.health(f"model/{MODEL}") == SERVING
         calls_before = len(load.calls)
@@ -294,7 +282,7 @@ def test_repository_gone_keeps_serving_reports_it_and_recovers(
         moved.rename(repository)
         server.wait_for_log("is readable again")
         server.wait_for_health(SERVING, "repository", timeout_s=30)
-        assert metric(server, "visinspect_repository_readable") == 1.0
+        assert server.metric("visinspect_repository_readable") == 1.0
 
         copy_version(model_dir / "1", model_dir / "2")
         server.wait_for_log(f"loaded {MODEL} version 2")

@@ -8,11 +8,10 @@ again on the same port and loads its model; the next one restarts only once the 
 
 from __future__ import annotations
 
-import re
+import json
 import signal
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from tests.load_harness import wait_for
 from tests.server_harness import ServerProcess, start_server
 from visinspect_client import DetectionResult, InspectionClient, VisInspectError
+from visinspect_client.cli import main as cli
 
 CLIENTS = 8
 
@@ -34,9 +34,7 @@ def free_port() -> int:
 
 def detect_ok(server: ServerProcess) -> float:
     """Detect calls this server process answered OK (its own counter: a restarted process starts at 0)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    found = re.search(r'^visinspect_requests_total\{code="OK",method="Detect"\} (\S+)$', text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    return server.requests("Detect")
 
 
 class Clients:
@@ -109,8 +107,10 @@ def test_rolling_restart_of_two_servers_under_load_fails_no_call(exported, synth
     assert all(s < 30 for s in drain_s), "each drain ended as soon as the clients moved away, before its grace"
 
 
-def test_a_list_of_servers_reaches_the_one_that_serves(exported, synthetic_category: Path, tmp_path: Path) -> None:
-    """A server without a model (NOT_SERVING) gets no call: the SDK sends them all to the one serving."""
+def test_a_list_of_servers_reaches_the_one_that_serves(
+    exported, synthetic_category: Path, tmp_path: Path, capsys
+) -> None:
+    """A server without a model (NOT_SERVING) gets no call: the SDK and the CLI send them all to the one serving."""
     empty = tmp_path / "empty"
     empty.mkdir()
     serving = start_server(exported.version_dir.parents[1])
@@ -125,7 +125,11 @@ def test_a_list_of_servers_reaches_the_one_that_serves(exported, synthetic_categ
             with pytest.raises(VisInspectError) as caught:
                 alone.detect(image, timeout=5)
         assert "is serving" in str(caught.value) and "NOT_SERVING" in str(caught.value)
-        assert detect_ok(serving) == 12 and detect_ok(starting) == 0
+        both = f"{starting.address},{serving.address}"
+        assert cli(["health", "--server", both]) == 0 and capsys.readouterr().out == "SERVING\n"
+        assert cli(["predict", str(image), "--server", both, "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["results"][0]["model"] == "brick"
+        assert detect_ok(serving) == 13 and detect_ok(starting) == 0
     finally:
         serving.stop()
         starting.stop()
