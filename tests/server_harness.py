@@ -26,7 +26,7 @@ class ServerProcess(LocalServer):
     def metric(self, name: str, labels: str = "", missing: float | None = None) -> float:
         """One sample's value from /metrics (``labels`` as rendered, e.g. ``model="brick"``); ``missing`` when
         the sample is absent (None: an AssertionError)."""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        text = urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=10).read().decode()
         pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
         found = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
         if found is not None:
@@ -56,12 +56,15 @@ def start_server(
     *,
     credentials: grpc.ChannelCredentials | None = None,
     env: Mapping[str, str] | None = None,
+    host: str = "127.0.0.1",
 ) -> ServerProcess:
     """Start the server on free ports polling the repository every 0.3 s; return once it listens/serves.
 
     ``credentials`` (TLS) are used by the health checks and ``channel()``; ``env`` adds environment variables.
     """
-    server = ServerProcess(repository, ["--poll-interval-s", "0.3", *extra_args], credentials=credentials, env=env)
+    server = ServerProcess(
+        repository, ["--poll-interval-s", "0.3", *extra_args], credentials=credentials, env=env, host=host
+    )
     server.start(wait_serving=wait_serving)
     return server
 

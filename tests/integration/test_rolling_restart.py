@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dns_stub import DnsStub
 from tests.load_harness import wait_for
 from tests.server_harness import ServerProcess, start_server
 from visinspect_client import DetectionResult, InspectionClient, VisInspectError
@@ -133,3 +134,30 @@ def test_a_list_of_servers_reaches_the_one_that_serves(
     finally:
         serving.stop()
         starting.stop()
+
+
+def test_one_dns_name_with_two_addresses_like_a_headless_service(exported, synthetic_category: Path) -> None:
+    """``dns://.../inspect.test:P`` resolves to 127.0.0.1 and 127.0.0.2 (a stub DNS server, as for a Kubernetes
+    headless Service): the client uses both servers, and one of them restarting costs no call."""
+    repository = exported.version_dir.parents[1]
+    port = free_port()
+    servers = [start_server(repository, ["--port", str(port)], host=host) for host in ("127.0.0.1", "127.0.0.2")]
+    images = sorted((synthetic_category / "test").glob("*/*.png"))
+    try:
+        with DnsStub(["127.0.0.1", "127.0.0.2"]) as dns:
+            clients = Clients([dns.target("inspect.test", port)], images).start()
+            try:
+                wait_for(lambda: all(detect_ok(s) >= 10 for s in servers), 120, "calls on both addresses")
+                first = servers[0]
+                assert first.process is not None
+                first.process.send_signal(signal.SIGTERM)
+                assert first.process.wait(60) == 0
+                calls_before = len(clients.results)
+                wait_for(lambda: len(clients.results) >= calls_before + 20, 60, "20 calls on the other address")
+            finally:
+                clients.stop()
+            assert dns.queries >= 1
+    finally:
+        for server in servers:
+            server.stop()
+    assert clients.failures == [], clients.failures[:3]

@@ -28,6 +28,7 @@ class LocalServer:
 
     Give ``credentials`` (``grpc.ssl_channel_credentials``, with a client certificate for mutual TLS) when
     ``extra_args`` turn TLS on: the health checks use them. ``env`` adds environment variables for the child.
+    ``host`` is the loopback address it listens on (e.g. 127.0.0.2 for a second server on the same port).
     """
 
     def __init__(
@@ -38,8 +39,10 @@ class LocalServer:
         *,
         credentials: grpc.ChannelCredentials | None = None,
         env: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.repository = repository
+        self.host = host
         self.extra_args = tuple(extra_args)
         self.startup_timeout_s = startup_timeout_s
         self.credentials = credentials
@@ -53,13 +56,13 @@ class LocalServer:
     @property
     def address(self) -> str:
         """``host:port`` for clients."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self, wait_serving: bool = True) -> LocalServer:
         """Start the process; return once it listens (and, by default, serves a model)."""
         command = [
             sys.executable, "-m", "visinspect_server.main", "serve", "--model-repository", str(self.repository),
-            "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--log-json", "true", *self.extra_args,
+            "--host", self.host, "--port", "0", "--metrics-port", "0", "--log-json", "true", *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
