@@ -41,10 +41,6 @@ class Gate:
         assert self.loop is not None and self._event is not None
         self.loop.call_soon_threadsafe(self._event.set)
 
-    def close(self) -> None:
-        assert self.loop is not None and self._event is not None
-        self.loop.call_soon_threadsafe(self._event.clear)
-
     async def wait(self, images: int) -> None:
         assert self._event is not None
         self.held_images += images
@@ -76,9 +72,16 @@ class GatedBackend:
 
 
 class InProcessServer:
-    """An :class:`InspectionServer` on a background event loop, its backends behind ``gate``."""
+    """An :class:`InspectionServer` on a background event loop, its backends behind ``gate`` (and in ``wrap``, to
+    inject faults)."""
 
-    def __init__(self, repository: Path, gate: Gate | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        gate: Gate | None = None,
+        wrap: Callable[[GatedBackend], Any] | None = None,
+        **settings: Any,
+    ) -> None:
         values = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "poll_interval_s": 0.2, **settings}
         self.settings = ServerSettings(model_repository=repository, **values)
         self.gate = gate or Gate()
@@ -87,7 +90,8 @@ class InProcessServer:
         real = embedded_backend_factory(self.settings)
 
         def factory(folder: Path, metadata: ModelMetadata) -> InferenceBackend:
-            return GatedBackend(real(folder, metadata), int(folder.name), self.gate)
+            gated = GatedBackend(real(folder, metadata), int(folder.name), self.gate)
+            return gated if wrap is None else wrap(gated)
 
         self.server = InspectionServer(self.settings, factory)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)

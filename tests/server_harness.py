@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,13 @@ def start_server(
     )
     server.start(wait_serving=wait_serving)
     return server
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a server that must keep its port across a restart)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def copy_version(source: Path, target: Path, shift_threshold: float = 0.0, **metadata_changes: object) -> Path:

@@ -7,7 +7,6 @@ import io
 import itertools
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,17 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server_harness import ServerProcess, start_server
+from tests.server_harness import ServerProcess, free_port, start_server
 from visinspect_client import DetectionResult, InspectionClient
 from visinspect_client.cli import main
 
 AUTH_TOKEN = "cli-test-token"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def pairwise_auroc(labels: list[int], scores: list[float]) -> float:

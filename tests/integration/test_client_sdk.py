@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 import threading
 import time
@@ -18,7 +17,7 @@ from PIL import Image
 
 from tests.conftest import TINY_IMAGE_SIZE
 from tests.load_harness import wait_until_steady
-from tests.server_harness import start_server
+from tests.server_harness import free_port, start_server
 from visinspect_client import (
     AsyncInspectionClient,
     DeadlineExceededError,
@@ -43,12 +42,6 @@ def first(folder: Path) -> Path:
 
 def rgb_of(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def png_declaring(width: int, height: int) -> bytes:

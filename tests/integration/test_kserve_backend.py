@@ -4,7 +4,6 @@ for OVMS, in its own process and virtualenv (kserve and tritonclient cannot shar
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -16,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from tests.conftest import REPO_ROOT
-from tests.server_harness import ServerProcess, copy_version, start_server
+from tests.server_harness import ServerProcess, copy_version, free_port, start_server
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_server.settings import parse
 
@@ -32,12 +31,6 @@ if not KSERVE_PYTHON.exists():
         ".venv-kserve/bin/pip install 'kserve==0.21.0' 'openvino==2026.4.*' numpy",
         allow_module_level=True,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

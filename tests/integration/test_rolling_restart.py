@@ -18,19 +18,11 @@ import pytest
 
 from tests.dns_stub import DnsStub
 from tests.load_harness import wait_for
-from tests.server_harness import ServerProcess, start_server
+from tests.server_harness import ServerProcess, free_port, start_server
 from visinspect_client import DetectionResult, InspectionClient, VisInspectError
 from visinspect_client.cli import main as cli
 
 CLIENTS = 8
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def detect_ok(server: ServerProcess) -> float:

@@ -3,7 +3,6 @@ rejected versions, start-up with no model, SIGTERM with cancelling clients, inte
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import threading
 import urllib.request
@@ -17,25 +16,19 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from tests.inprocess import Gate, InProcessServer
-from tests.load_harness import Load, mixed_cases, summary, wait_for
+from tests.load_harness import Load, expected_score, mixed_cases, summary, wait_for
 from tests.reference import reference_raw_scores
 from tests.server_harness import copy_version, start_server
 from visinspect_api.model_repository import (
     IR_BIN_FILENAME,
     IR_XML_FILENAME,
     METADATA_FILENAME,
-    read_metadata,
 )
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_api.v1 import inspection_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def expected_score(raw: float, version_dir: Path) -> float:
-    c = read_metadata(version_dir).calibration
-    return min(1.0, max(0.0, (raw - c.image_threshold) / (c.image_max - c.image_min) + 0.5))
 
 
 @pytest.fixture
@@ -172,12 +165,6 @@ def answered(server) -> float:
 def test_internal_fault_gives_a_generic_message_and_the_server_survives(
     repository: Path, synthetic_category: Path, caplog
 ) -> None:
-    from visinspect_server.app import InspectionServer, embedded_backend_factory
-    from visinspect_server.settings import ServerSettings
-
-    settings = ServerSettings(model_repository=repository, host="127.0.0.1", port=0, metrics_port=-1)
-    real_factory = embedded_backend_factory(settings)
-
     class FailsOnce:
         """Fault injection around the real OpenVINO backend: the first inference raises."""
 
@@ -194,27 +181,18 @@ def test_internal_fault_gives_a_generic_message_and_the_server_survives(
         def close(self) -> None:
             self.backend.close()
 
-    loop = asyncio.new_event_loop()
-    server = InspectionServer(settings, lambda folder, metadata: FailsOnce(real_factory(folder, metadata)))
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(120)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = inspection_pb2_grpc.InspectionServiceStub(channel)
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.Detect(
-                    pb.DetectRequest(request_id="boom", image=image_request(synthetic_category).image), timeout=30
-                )
-            assert caught.value.code() == grpc.StatusCode.INTERNAL
-            assert caught.value.details() == "internal error; the server log has the details (request id boom)"
-            assert "simulated" not in caught.value.details()
-            assert stub.Detect(image_request(synthetic_category), timeout=30).model == "brick"
-        assert any("simulated device fault" in (r.exc_text or "") for r in caplog.records if r.levelname == "ERROR")
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with (
+        InProcessServer(repository, wrap=FailsOnce) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        stub = inspection_pb2_grpc.InspectionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Detect(pb.DetectRequest(request_id="boom", image=image_request(synthetic_category).image), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+        assert caught.value.details() == "internal error; the server log has the details (request id boom)"
+        assert "simulated" not in caught.value.details()
+        assert stub.Detect(image_request(synthetic_category), timeout=30).model == "brick"
+    assert any("simulated device fault" in (r.exc_text or "") for r in caplog.records if r.levelname == "ERROR")
 
 
 def test_a_call_in_flight_across_a_swap_finishes_on_the_version_it_started_on(

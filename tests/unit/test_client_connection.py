@@ -7,7 +7,6 @@ import asyncio
 import json
 import pickle
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -20,6 +19,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tests.server_harness import free_port
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_api.v1 import inspection_pb2_grpc as pb_grpc
 from visinspect_client import (
@@ -364,12 +364,6 @@ def pair() -> Iterator[tuple[FakeServer, FakeServer]]:
     yield servers
     for server in servers:
         server.server.stop(0)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def calls_on(server: FakeServer) -> int:

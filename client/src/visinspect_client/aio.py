@@ -64,9 +64,8 @@ class AsyncInspectionClient:
         self._server = ServerTarget.parse(target)
         self.target = self._server.label
         self.timeout = timeout
-        self._tls = tls
-        self._max_message_bytes = max_message_bytes
         self._credentials = channel_credentials(tls, token)
+        self._probe_options = channel_options(None, max_message_bytes, tls, balanced=False)
         options = channel_options(retry, max_message_bytes, tls, self._server.authority)
         self._channel: grpc.aio.Channel = open_channel(grpc.aio, self._server.uri, options, self._credentials)
         self._metadata = plaintext_metadata(tls, token)
@@ -191,8 +190,7 @@ class AsyncInspectionClient:
     def _probe(self, address: str) -> grpc.aio.Channel:
         """A channel to one server that is not steered by health (it asks for it)."""
         if address not in self._probes:
-            options = channel_options(None, self._max_message_bytes, self._tls, balanced=False)
-            self._probes[address] = open_channel(grpc.aio, address, options, self._credentials)
+            self._probes[address] = open_channel(grpc.aio, address, self._probe_options, self._credentials)
         return self._probes[address]
 
     async def _detect(self, request: pb.DetectRequest, timeout: float | None) -> DetectionResult:

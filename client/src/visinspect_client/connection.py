@@ -66,10 +66,10 @@ class ServerTarget:
             resolved.extend(address for address in _resolve(part) if address not in resolved)
         if not resolved:
             raise ValueError(f"none of the server addresses {', '.join(parts)} resolves to an IP address")
-        families = {":" in address.rpartition(":")[0] for address in resolved}
-        if len(families) > 1:
+        ipv6 = {address.startswith("[") for address in resolved}  # _resolve brackets IPv6 addresses
+        if len(ipv6) > 1:
             raise ValueError(f"the server addresses mix IPv4 and IPv6 ({', '.join(resolved)}): use one family")
-        scheme = "ipv6" if families == {True} else "ipv4"
+        scheme = "ipv6" if ipv6 == {True} else "ipv4"
         return cls(f"{scheme}:{','.join(resolved)}", parts[0], tuple(parts), ",".join(parts))
 
 

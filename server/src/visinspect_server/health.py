@@ -1,6 +1,6 @@
 """``grpc.health.v1.Health`` with watchers that are told every change, for clients that balance by health.
 
-The SDK's channels watch ``visinspect.v1.InspectionService`` (gRPC client-side health checking): a
+The SDK's channels watch the whole server's status, service ``""`` (gRPC client-side health checking): a
 server that turns NOT_SERVING (starting, draining, model server down) stops receiving their calls at
 once. grpcio-health-checking's asyncio servicer drops a service's wake-up condition when any one of
 its watchers leaves, after which the other watchers of that service are never told of a change; with
