@@ -6,7 +6,8 @@ replica) while the gRPC server stays up, and :meth:`CallGate.drained` waits for 
 finish and for callers to stop arriving. Only then is the gRPC server stopped: gRPC core fails calls
 that reach it after its shutdown began, but before a handler took them, with CANCELLED
 (grpc/grpc#41785), a status no client retries. Clients that watch the server's health (the SDK does)
-stop sending as soon as it turns NOT_SERVING, so the quiet period comes within milliseconds.
+stop sending as soon as it turns NOT_SERVING (measured: SIGTERM to exit 0.7-0.8 s under 8 SDK clients,
+the quiet period included).
 
 At the grace deadline, calls still running are ended with UNAVAILABLE, not cut off. Callers that ignore
 health and keep sending until the deadline would meet that CANCELLED when the gRPC server stops; so the
