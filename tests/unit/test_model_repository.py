@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from visinspect_api.calibration import ScoreSample
 from visinspect_api.model_repository import (
     METADATA_FILENAME,
     Backbone,
     Calibration,
     DatasetInfo,
+    DefectTypeRecall,
     Evaluation,
     InputContract,
     MetadataError,
@@ -34,6 +36,9 @@ def make_metadata(**changes) -> ModelMetadata:
         calibration=Calibration(
             image_threshold=51.9, pixel_threshold=50.0, image_min=19.5, image_max=492.0,
             pixel_min=2.8, pixel_max=492.0, source="from_test validation split", overlaps_test=False,
+            method="false_reject_rate", target_false_reject_rate=0.01,
+            good_scores=ScoreSample.of([20.0, 30.0, 40.0, 51.9]), defect_scores=ScoreSample.of([45.0, 60.0, 492.0]),
+            warnings=("the target false-reject rate 1.00% is below what 4 good calibration images can resolve",),
         ),
         backbone=Backbone(name="tf_efficientnet_lite0", layers=("blocks.1", "blocks.2"), n_features=100, weights="builtin",
                           weights_sha256="a" * 64),
@@ -45,7 +50,10 @@ def make_metadata(**changes) -> ModelMetadata:
         software={"openvino": "2026.4.1"},
         evaluation=Evaluation(split="test", num_images=42, num_anomalous=32, image_auroc=0.99, image_f1=0.98,
                               pixel_auroc=None, max_abs_score_diff_vs_torch=0.002, max_rel_score_diff_vs_torch=4e-6,
-                              inference_precision="f32", notes=("a note",)),
+                              inference_precision="f32", notes=("a note",), false_reject_rate=0.1, defect_recall=0.9,
+                              good_rejected=1, defects_caught=29,
+                              recall_by_defect_type={"crack": DefectTypeRecall(9, 10), "hole": DefectTypeRecall(20, 22)},
+                              pixel_aupro=None),
     )  # fmt: skip
     return dataclasses.replace(metadata, **changes)
 
@@ -59,6 +67,49 @@ def test_round_trip_through_a_version_folder(tmp_path: Path) -> None:
     write_metadata(tmp_path, metadata)
     assert read_metadata(tmp_path) == metadata
     assert (tmp_path / METADATA_FILENAME).is_file()
+
+
+def test_version_1_metadata_still_loads_as_an_f1_calibration() -> None:
+    """A file written before thresholds by rate: schema 1, no method, no distributions, no new metrics."""
+    data = as_dict(make_metadata())
+    data["schema_version"] = 1
+    for name in ("method", "target_false_reject_rate", "good_scores", "defect_scores", "warnings"):
+        del data["calibration"][name]
+    for name in ("false_reject_rate", "defect_recall", "good_rejected", "defects_caught", "recall_by_defect_type",
+                 "pixel_aupro"):  # fmt: skip
+        del data["evaluation"][name]
+    metadata = ModelMetadata.from_json(json.dumps(data))
+    assert metadata.schema_version == 1
+    calibration = metadata.calibration
+    assert (calibration.method, calibration.good_scores, calibration.defect_scores) == ("f1", None, None)
+    assert calibration.image_threshold == 51.9
+    assert calibration.expected_rates(0.5).false_reject_rate is None
+    with pytest.raises(ValueError, match="no good calibration scores"):
+        calibration.threshold_for_false_reject_rate(0.01)
+
+
+def test_expected_rates_and_threshold_for_a_rate_on_the_normalised_scale() -> None:
+    calibration = make_metadata().calibration  # threshold 51.9, range 492 - 19.5; good 20, 30, 40, 51.9
+    assert calibration.expected_rates(0.5).false_reject_rate == pytest.approx(1 / 5)
+    assert calibration.expected_rates(0.5).defect_recall == pytest.approx(2 / 3)
+    normalised = calibration.threshold_for_false_reject_rate(0.4)  # k = floor(0.4 * 5) - 1 = 1: threshold g_(3) = 40
+    assert normalised == pytest.approx((40.0 - 51.9) / (492.0 - 19.5) + 0.5)
+    rates = calibration.expected_rates(normalised)
+    assert rates.false_reject_rate == pytest.approx(2 / 5)
+    assert rates.defect_recall == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        calibration.expected_rates(1.2)
+
+
+def test_a_large_calibration_sample_keeps_the_file_small(tmp_path: Path) -> None:
+    scores = [float(i) for i in range(200_000)]
+    calibration = dataclasses.replace(
+        make_metadata().calibration, good_scores=ScoreSample.of(scores), defect_scores=ScoreSample.of(scores)
+    )
+    write_metadata(tmp_path, make_metadata(calibration=calibration))
+    assert (tmp_path / METADATA_FILENAME).stat().st_size < 60_000
+    reread = read_metadata(tmp_path).calibration
+    assert reread.good_scores == calibration.good_scores and reread.good_scores.count == 200_000
 
 
 def test_evaluation_is_optional() -> None:
@@ -95,7 +146,12 @@ def mutate(path: str, value, delete: bool = False) -> str:
         ("surprise", 1, False, "unknown field surprise"),
         ("calibration.surprise", 1, False, "unknown field calibration.surprise"),
         ("evaluation", "good", False, "evaluation must be an object"),
-        ("schema_version", 2, False, "unsupported schema_version 2"),
+        ("schema_version", 3, False, "unsupported schema_version 3"),
+        ("calibration.good_scores", {"count": 2, "values": [2.0, 1.0]}, False, "calibration.good_scores: .*ascending"),
+        ("calibration.good_scores", {"count": 2}, False, "missing field calibration.good_scores.values"),
+        ("calibration.target_false_reject_rate", 1.5, False, "target_false_reject_rate must be between 0 and 1"),
+        ("calibration.good_scores", None, False, "needs target_false_reject_rate and good_scores"),
+        ("calibration.method", "median", False, "calibration.method must be one of"),
         ("ir_bin_sha256", "xyz", False, "ir_bin_sha256 must be 64 lowercase hex digits"),
         ("backbone.weights_sha256", "F" * 64, False, "backbone.weights_sha256 must be 64 lowercase hex digits"),
         ("calibration.image_min", 1e9, False, "calibration min must not exceed max"),
@@ -105,7 +161,7 @@ def mutate(path: str, value, delete: bool = False) -> str:
     ],
 )
 def test_invalid_metadata_names_the_field(path: str, value, delete: bool, message: str) -> None:
-    with pytest.raises(MetadataError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(MetadataError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
         ModelMetadata.from_json(mutate(path, value, delete))
 
 

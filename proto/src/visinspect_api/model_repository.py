@@ -26,7 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-SCHEMA_VERSION = 1
+from visinspect_api.calibration import (
+    ScoreSample,
+    defect_recall,
+    expected_false_reject_rate,
+    normalize_score,
+    raw_from_normalized,
+    smallest_resolvable_rate,
+    threshold_for_false_reject_rate,
+)
+
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)  # 1: F1 thresholds only, no score distributions
 METADATA_FILENAME = "visinspect-metadata.json"
 IR_XML_FILENAME = "model.xml"
 IR_BIN_FILENAME = "model.bin"
@@ -38,6 +49,7 @@ IrPrecision = Literal["FP32", "FP16"]
 WeightsSource = Literal["builtin", "hub", "file", "random"]
 DatasetKind = Literal["mvtec", "folder", "synthetic"]
 Interpolation = Literal["area", "bilinear"]
+ThresholdMethod = Literal["false_reject_rate", "f1"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -70,10 +82,24 @@ class OutputContract:
 
 
 @dataclass(frozen=True)
-class Calibration:
-    """Raw-score statistics from anomalib's post-processor, fitted on the validation split.
+class ExpectedRates:
+    """What to expect at one threshold: the false-reject rate on good parts, the recall of defects."""
 
-    A raw score s normalises to ``clamp((s - threshold) / (max - min) + 0.5, 0, 1)``.
+    threshold: float  # normalised
+    false_reject_rate: float | None  # None without good calibration scores (version 1 metadata)
+    defect_recall: float | None  # None without labelled defective calibration images
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How raw scores become verdicts, and the calibration scores that vouch for the thresholds.
+
+    A raw score s normalises to ``clamp((s - threshold) / (max - min) + 0.5, 0, 1)``, so the
+    calibrated threshold is 0.5 on the normalised scale. ``method`` says what set the threshold:
+    ``false_reject_rate`` (the score at ``target_false_reject_rate`` on good images that did not fit
+    the model; see :mod:`visinspect_api.calibration`) or ``f1`` (anomalib's F1-adaptive threshold on
+    a labelled validation split). ``good_scores`` and ``defect_scores`` are raw image scores of the
+    calibration images; they let a client compute the rates to expect at any threshold.
     """
 
     image_threshold: float
@@ -84,6 +110,55 @@ class Calibration:
     pixel_max: float
     source: str
     overlaps_test: bool
+    method: ThresholdMethod = "f1"
+    target_false_reject_rate: float | None = None
+    good_scores: ScoreSample | None = None
+    defect_scores: ScoreSample | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def smallest_resolvable_rate(self) -> float | None:
+        """The lowest false-reject rate the good calibration images can vouch for: ``1 / (n + 1)``."""
+        return None if self.good_scores is None else smallest_resolvable_rate(self.good_scores.count)
+
+    def normalized(self, raw_score: float) -> float:
+        """A raw image score on the normalised scale."""
+        return normalize_score(raw_score, self.image_threshold, self.image_min, self.image_max)
+
+    def expected_rates(self, threshold: float = 0.5) -> ExpectedRates:
+        """The false-reject rate and defect recall to expect at a normalised ``threshold`` in [0, 1]."""
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+        raw = self._raw(threshold)
+        return ExpectedRates(
+            threshold=threshold,
+            false_reject_rate=None if self.good_scores is None else expected_false_reject_rate(self.good_scores, raw),
+            defect_recall=None if self.defect_scores is None else defect_recall(self.defect_scores, raw),
+        )
+
+    def _raw(self, normalized: float) -> float:
+        return raw_from_normalized(normalized, self.image_threshold, self.image_min, self.image_max)
+
+    def threshold_for_false_reject_rate(self, rate: float) -> float:
+        """The normalised threshold (for a request's ``threshold``) at which ``rate`` good parts are rejected.
+
+        Raises ValueError when the metadata has no good calibration scores (version 1) or when the
+        threshold lies beyond the normalised scale.
+        """
+        if self.good_scores is None:
+            raise ValueError(
+                "this model version has no good calibration scores (exported before thresholds by false-reject "
+                "rate): export it again to choose a threshold by rate"
+            )
+        raw = threshold_for_false_reject_rate(self.good_scores, rate)
+        value_range = self.image_max - self.image_min
+        normalized = 0.5 if value_range == 0 else (raw - self.image_threshold) / value_range + 0.5
+        # Round up until the threshold maps back to at least ``raw``: a good score equal to it stays accepted.
+        while value_range and self._raw(normalized) < raw and normalized < 1.0:
+            normalized = math.nextafter(normalized, 2.0)
+        if not 0.0 <= normalized <= 1.0:
+            raise ValueError(f"the threshold for a false-reject rate of {rate:g} lies outside the normalised scale")
+        return normalized
 
 
 @dataclass(frozen=True)
@@ -111,11 +186,20 @@ class DatasetInfo:
 
 
 @dataclass(frozen=True)
+class DefectTypeRecall:
+    """Defective test images of one type, and how many scored above the calibrated threshold."""
+
+    caught: int
+    total: int
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """Metrics of the exported IR run with OpenVINO at ``inference_precision``.
 
-    A metric is null where it is undefined: AUROC without both classes, pixel AUROC without masks,
-    score differences without the torch model to compare with.
+    A metric is null where it is undefined: AUROC without both classes, pixel AUROC and AUPRO (to a
+    false-positive rate of 0.3) without masks, score differences without the torch model to compare
+    with. ``false_reject_rate`` and ``defect_recall`` are measured at the calibrated threshold.
     """
 
     split: str
@@ -128,6 +212,12 @@ class Evaluation:
     max_rel_score_diff_vs_torch: float | None
     inference_precision: InferencePrecision
     notes: tuple[str, ...] = ()
+    false_reject_rate: float | None = None
+    defect_recall: float | None = None
+    good_rejected: int | None = None
+    defects_caught: int | None = None
+    recall_by_defect_type: Mapping[str, DefectTypeRecall] = field(default_factory=dict)
+    pixel_aupro: float | None = None
 
 
 @dataclass(frozen=True)
@@ -163,8 +253,9 @@ class ModelMetadata:
         if not isinstance(data, dict):
             raise MetadataError("metadata must be a JSON object")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise MetadataError(f"unsupported schema_version {version!r} (this build reads {SCHEMA_VERSION})")
+        if version not in READABLE_SCHEMA_VERSIONS:
+            readable = ", ".join(map(str, READABLE_SCHEMA_VERSIONS))
+            raise MetadataError(f"unsupported schema_version {version!r} (this build reads {readable})")
         metadata = _build(cls, data, "")
         _check_semantics(metadata)
         return metadata
@@ -234,6 +325,11 @@ def _check_semantics(metadata: ModelMetadata) -> None:
             raise MetadataError(f"calibration.{name} must be a finite number")
     if calibration.image_min > calibration.image_max or calibration.pixel_min > calibration.pixel_max:
         raise MetadataError("calibration min must not exceed max")
+    rate = calibration.target_false_reject_rate
+    if rate is not None and not 0.0 < rate < 1.0:
+        raise MetadataError("calibration.target_false_reject_rate must be between 0 and 1")
+    if calibration.method == "false_reject_rate" and (rate is None or calibration.good_scores is None):
+        raise MetadataError("a false_reject_rate calibration needs target_false_reject_rate and good_scores")
     if metadata.backbone.n_features < 1 or not metadata.backbone.layers:
         raise MetadataError("backbone needs at least one layer and n_features >= 1")
     digests = {"ir_bin_sha256": metadata.ir_bin_sha256, "backbone.weights_sha256": metadata.backbone.weights_sha256}
@@ -256,7 +352,10 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
                 raise MetadataError(f"missing field {path}")
             continue
         values[spec.name] = _convert(hints[spec.name], data[spec.name], path)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a type's own invariant (ScoreSample)
+        raise MetadataError(f"{where.rstrip('.') or 'metadata'}: {exc}") from exc
 
 
 def _convert(hint: Any, value: Any, path: str) -> Any:  # noqa: PLR0911 - one branch per JSON type

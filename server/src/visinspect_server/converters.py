@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from visinspect_api.calibration import ScoreSample
 from visinspect_api.model_repository import ModelMetadata
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_server.errors import InvalidInputError
@@ -113,6 +114,11 @@ def model_description(metadata: ModelMetadata, version: int) -> pb.ModelDescript
             pixel_max=c.pixel_max,
             source=c.source,
             overlaps_test=c.overlaps_test,
+            method=c.method,
+            target_false_reject_rate=c.target_false_reject_rate,
+            good_scores=_distribution(c.good_scores),
+            defect_scores=_distribution(c.defect_scores),
+            warnings=list(c.warnings),
         ),
         default_threshold=0.5,
         backbone=metadata.backbone.name,
@@ -131,15 +137,26 @@ def model_description(metadata: ModelMetadata, version: int) -> pb.ModelDescript
             num_anomalous=evaluation.num_anomalous,
             inference_precision=evaluation.inference_precision,
             notes=list(evaluation.notes),
+            recall_by_defect_type=[
+                pb.DefectTypeRecall(name=name, caught=found.caught, total=found.total)
+                for name, found in evaluation.recall_by_defect_type.items()
+            ],
         )
         optional = {
             "image_auroc": evaluation.image_auroc,
             "image_f1": evaluation.image_f1,
             "pixel_auroc": evaluation.pixel_auroc,
             "max_rel_score_diff_vs_torch": evaluation.max_rel_score_diff_vs_torch,
+            "false_reject_rate": evaluation.false_reject_rate,
+            "defect_recall": evaluation.defect_recall,
+            "pixel_aupro": evaluation.pixel_aupro,
         }
         for name, value in optional.items():
             if value is not None:
                 setattr(metrics, name, value)
         description.evaluation.CopyFrom(metrics)
     return description
+
+
+def _distribution(sample: ScoreSample | None) -> pb.ScoreDistribution | None:
+    return None if sample is None else pb.ScoreDistribution(count=sample.count, values=sample.values)

@@ -209,8 +209,16 @@ class InputSpec(_message.Message):
     interpolation: str
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., layout: _Optional[str] = ..., dtype: _Optional[str] = ..., color_order: _Optional[str] = ..., interpolation: _Optional[str] = ...) -> None: ...
 
+class ScoreDistribution(_message.Message):
+    __slots__ = ("count", "values")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, count: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class CalibrationSpec(_message.Message):
-    __slots__ = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max", "source", "overlaps_test")
+    __slots__ = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max", "source", "overlaps_test", "method", "target_false_reject_rate", "good_scores", "defect_scores", "warnings")
     IMAGE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     PIXEL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     IMAGE_MIN_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +227,11 @@ class CalibrationSpec(_message.Message):
     PIXEL_MAX_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     OVERLAPS_TEST_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FALSE_REJECT_RATE_FIELD_NUMBER: _ClassVar[int]
+    GOOD_SCORES_FIELD_NUMBER: _ClassVar[int]
+    DEFECT_SCORES_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     image_threshold: float
     pixel_threshold: float
     image_min: float
@@ -227,10 +240,25 @@ class CalibrationSpec(_message.Message):
     pixel_max: float
     source: str
     overlaps_test: bool
-    def __init__(self, image_threshold: _Optional[float] = ..., pixel_threshold: _Optional[float] = ..., image_min: _Optional[float] = ..., image_max: _Optional[float] = ..., pixel_min: _Optional[float] = ..., pixel_max: _Optional[float] = ..., source: _Optional[str] = ..., overlaps_test: _Optional[bool] = ...) -> None: ...
+    method: str
+    target_false_reject_rate: float
+    good_scores: ScoreDistribution
+    defect_scores: ScoreDistribution
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image_threshold: _Optional[float] = ..., pixel_threshold: _Optional[float] = ..., image_min: _Optional[float] = ..., image_max: _Optional[float] = ..., pixel_min: _Optional[float] = ..., pixel_max: _Optional[float] = ..., source: _Optional[str] = ..., overlaps_test: _Optional[bool] = ..., method: _Optional[str] = ..., target_false_reject_rate: _Optional[float] = ..., good_scores: _Optional[_Union[ScoreDistribution, _Mapping]] = ..., defect_scores: _Optional[_Union[ScoreDistribution, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DefectTypeRecall(_message.Message):
+    __slots__ = ("name", "caught", "total")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    caught: int
+    total: int
+    def __init__(self, name: _Optional[str] = ..., caught: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class EvaluationMetrics(_message.Message):
-    __slots__ = ("num_images", "num_anomalous", "image_auroc", "image_f1", "pixel_auroc", "max_rel_score_diff_vs_torch", "inference_precision", "notes")
+    __slots__ = ("num_images", "num_anomalous", "image_auroc", "image_f1", "pixel_auroc", "max_rel_score_diff_vs_torch", "inference_precision", "notes", "false_reject_rate", "defect_recall", "recall_by_defect_type", "pixel_aupro")
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     NUM_ANOMALOUS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_AUROC_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +267,10 @@ class EvaluationMetrics(_message.Message):
     MAX_REL_SCORE_DIFF_VS_TORCH_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_PRECISION_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    FALSE_REJECT_RATE_FIELD_NUMBER: _ClassVar[int]
+    DEFECT_RECALL_FIELD_NUMBER: _ClassVar[int]
+    RECALL_BY_DEFECT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_AUPRO_FIELD_NUMBER: _ClassVar[int]
     num_images: int
     num_anomalous: int
     image_auroc: float
@@ -247,7 +279,11 @@ class EvaluationMetrics(_message.Message):
     max_rel_score_diff_vs_torch: float
     inference_precision: str
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, num_images: _Optional[int] = ..., num_anomalous: _Optional[int] = ..., image_auroc: _Optional[float] = ..., image_f1: _Optional[float] = ..., pixel_auroc: _Optional[float] = ..., max_rel_score_diff_vs_torch: _Optional[float] = ..., inference_precision: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    false_reject_rate: float
+    defect_recall: float
+    recall_by_defect_type: _containers.RepeatedCompositeFieldContainer[DefectTypeRecall]
+    pixel_aupro: float
+    def __init__(self, num_images: _Optional[int] = ..., num_anomalous: _Optional[int] = ..., image_auroc: _Optional[float] = ..., image_f1: _Optional[float] = ..., pixel_auroc: _Optional[float] = ..., max_rel_score_diff_vs_torch: _Optional[float] = ..., inference_precision: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ..., false_reject_rate: _Optional[float] = ..., defect_recall: _Optional[float] = ..., recall_by_defect_type: _Optional[_Iterable[_Union[DefectTypeRecall, _Mapping]]] = ..., pixel_aupro: _Optional[float] = ...) -> None: ...
 
 class ModelDescription(_message.Message):
     __slots__ = ("name", "version", "architecture", "input", "calibration", "default_threshold", "backbone", "layers", "n_features", "weights", "inference_precision", "ir_precision", "dataset", "evaluation", "created_at")
