@@ -37,7 +37,7 @@ def prepare(dataset_root: Path, repository: Path, scratch: Path) -> dict[str, ob
     f32 = export_run(run, repository)
     bf16_run = dataclasses.replace(run, config=dataclasses.replace(run.config, model_name=BF16_MODEL))
     bf16 = export_run(bf16_run, repository, ExportOptions(inference_precision="bf16"))
-    module = anomalib_module(run)
+    module = anomalib_module(run, f32.metadata.calibration)
     module.pre_processor = Padim.configure_pre_processor()  # anomalib's default: Resize(256) + Normalize
     anomalib_xml = Path(module.to_openvino(export_root=scratch / "anomalib"))
     return {

@@ -29,8 +29,14 @@ def test_run_trains_exports_and_prints_the_evaluation(tmp_path: Path, capsys) ->
         "pixel AUROC",
         "max |score - torch|",
         "builtin sha256 b03531047ffa",
+        "good parts rejected",
+        "defects caught",
+        "expected false-reject rate",
+        "report: ",
     ):
         assert text in captured.err
+    (report,) = (tmp_path / "runs" / "brick").glob("*/report-brick-v1.html")
+    assert "data:image/png;base64," in report.read_text(encoding="utf-8")
     metadata = read_metadata(tmp_path / "repository" / "brick" / "1")
     assert metadata.input.height == TINY_IMAGE_SIZE
     assert metadata.backbone.n_features == 50
@@ -46,6 +52,9 @@ def test_run_trains_exports_and_prints_the_evaluation(tmp_path: Path, capsys) ->
         (["--model-name", "../up"], "model name '../up' is not valid"),
         (["--image-size", "100"], "multiple of 32"),
         (["--ir-precision", "INT8"], "INT8 export is not supported"),
+        (["--target-false-reject-rate", "0"], "target false-reject rate must be between 0 and 1"),
+        (["--calibration-fraction", "1"], "calibration fraction must be in [0, 1)"),
+        (["--calibration-dir", "/nonexistent/cal"], "dataset folder /nonexistent/cal does not exist"),
         (
             ["--dataset", "folder", "--normal-dir", "/nonexistent/good"],
             "dataset folder /nonexistent/good does not exist",

@@ -12,13 +12,13 @@ from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_training.anomalib_export import export_with_anomalib
 
 
-def test_scores_match_anomalib_openvino_inferencer(
-    served, trained_run, synthetic_category, tmp_path: Path, monkeypatch
+def test_scores_match_anomalib_openvino_inferencer(  # noqa: PLR0917 - pytest fixtures
+    served, exported, trained_run, synthetic_category, tmp_path: Path, monkeypatch
 ) -> None:
     from anomalib.deploy import OpenVINOInferencer
 
     monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes an openvino_cache folder into the working directory
-    xml = export_with_anomalib(trained_run, tmp_path / "anomalib")
+    xml = export_with_anomalib(trained_run, tmp_path / "anomalib", exported.metadata.calibration)
     inferencer = OpenVINOInferencer(path=xml, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
     images = sorted((synthetic_category / "test").glob("*/*.png"))
     compared = []

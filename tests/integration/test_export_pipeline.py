@@ -40,7 +40,7 @@ def test_version_folder_holds_ir_and_valid_metadata(exported) -> None:
     assert metadata == exported.metadata
     assert metadata.ir_bin_sha256 == file_sha256(folder / IR_BIN_FILENAME)
     assert metadata.backbone.weights == "builtin"
-    assert metadata.dataset.counts["train"] == 24
+    assert metadata.dataset.counts["train"] + metadata.dataset.counts["calibration"] == 24
     assert metadata.calibration.image_min <= metadata.calibration.image_threshold <= metadata.calibration.image_max
 
 
@@ -101,7 +101,7 @@ def test_ovms_config_lists_the_model(exported) -> None:
 def test_saved_run_reloads_to_the_same_model(trained_run) -> None:
     reloaded = load_run(trained_run.run_dir)
     assert reloaded.config == trained_run.config
-    assert reloaded.calibration == trained_run.calibration
+    assert reloaded.f1_calibration == trained_run.f1_calibration
     for name, tensor in trained_run.padim.state_dict().items():
         assert torch.equal(tensor, reloaded.padim.state_dict()[name]), name
 

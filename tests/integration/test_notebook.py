@@ -32,6 +32,16 @@ def test_notebook_runs_end_to_end(tmp_path: Path, monkeypatch) -> None:
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
     )
     assert "image AUROC" in outputs and "version 1 in" in outputs
+    assert "threshold: false_reject_rate, target 1.0%" in outputs
+    assert "expected: false-reject rate" in outputs and "good parts rejected" in outputs
+    reports = [
+        output["data"]["text/html"]
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if "text/html" in output.get("data", {})
+    ]
+    assert len(reports) == 1 and reports[0].startswith("<iframe srcdoc=") and "data:image/png;base64," in reports[0]
     assert "'is_anomalous'" in outputs and "'model': 'brick'" in outputs
     images = [
         output

@@ -48,8 +48,9 @@ def folders(tmp_path: Path) -> Path:
 
 
 def test_a_valid_folder_dataset_builds(folders: Path) -> None:
-    datamodule = build_datamodule(folder_spec(folders), SIZE)
-    assert len(datamodule.train_data) == 6
+    data = build_datamodule(folder_spec(folders), SIZE)
+    datamodule = data.datamodule
+    assert len(datamodule.train_data) == 5 and len(data.calibration) == 1  # round(0.15 * 6) held out
     assert len(datamodule.val_data) + len(datamodule.test_data) == 8
 
 
@@ -134,9 +135,9 @@ def test_absent_mvtec_category_is_downloaded_when_reachable(tmp_path: Path, monk
         server.bind(("127.0.0.1", 0))
         server.listen()
         probe_download_server_at(monkeypatch, server.getsockname()[1])
-        datamodule = build_datamodule(DatasetSpec(kind="mvtec", root=tmp_path, category="bottle"), SIZE)
+        data = build_datamodule(DatasetSpec(kind="mvtec", root=tmp_path, category="bottle"), SIZE)
     assert mvtec_downloads == [(tmp_path, "bottle")]
-    assert len(datamodule.train_data) == 6  # the "downloaded" category is the one read
+    assert len(data.datamodule.train_data) + len(data.calibration) == 6  # the "downloaded" category is the one read
 
 
 def test_unknown_synthetic_texture(tmp_path: Path) -> None:

@@ -8,15 +8,19 @@ from pathlib import Path
 import torch
 from anomalib.models import Padim
 
+from visinspect_api.model_repository import Calibration
+from visinspect_training.errors import TrainingError
 from visinspect_training.train import TrainedRun, _build_model
 
 
-def anomalib_module(run: TrainedRun) -> Padim:
-    """The run as anomalib's Lightning module, with the post-processor holding the run's calibration."""
+def anomalib_module(run: TrainedRun, calibration: Calibration | None = None) -> Padim:
+    """The run as anomalib's Lightning module, its post-processor holding ``calibration`` (default: the run's F1)."""
     module = _build_model(run.config, pre_trained=False)
     module.model.load_state_dict(run.padim.state_dict())
     post = module.post_processor
-    c = run.calibration
+    c = calibration or run.f1_calibration
+    if c is None:
+        raise TrainingError("no calibration for anomalib's post-processor: the run had no labelled validation split")
     for buffer, value in (
         (post._image_threshold, c.image_threshold),
         (post._pixel_threshold, c.pixel_threshold),
@@ -29,7 +33,7 @@ def anomalib_module(run: TrainedRun) -> Padim:
     return module.eval()
 
 
-def export_with_anomalib(run: TrainedRun, folder: Path) -> Path:
-    """``Padim.to_openvino`` at the run's input size (FP32); return the ``.xml`` path."""
+def export_with_anomalib(run: TrainedRun, folder: Path, calibration: Calibration | None = None) -> Path:
+    """``Padim.to_openvino`` at the run's input size (FP32) with ``calibration`` baked in; return the ``.xml``."""
     size = (run.config.image_size, run.config.image_size)
-    return Path(anomalib_module(run).to_openvino(export_root=folder, input_size=size))
+    return Path(anomalib_module(run, calibration).to_openvino(export_root=folder, input_size=size))

@@ -6,10 +6,12 @@
 1
 """
 
+from visinspect_training.calibrate import ThresholdOptions
 from visinspect_training.data import DatasetSpec
 from visinspect_training.errors import ConfigError, DatasetError, RepositoryError, TrainingError, WeightsError
-from visinspect_training.evaluate import SplitPredictions, evaluate_ir, predict_test_split
+from visinspect_training.evaluate import TestPredictions, evaluate_ir, predict_test_split
 from visinspect_training.export import ExportOptions, ExportResult, export_run
+from visinspect_training.report import write_report
 from visinspect_training.synthetic import SyntheticSpec, generate_synthetic_dataset
 from visinspect_training.train import TrainConfig, TrainedRun, load_run, train
 from visinspect_training.weights import WeightsSpec
@@ -21,8 +23,9 @@ __all__ = [
     "ExportOptions",
     "ExportResult",
     "RepositoryError",
-    "SplitPredictions",
     "SyntheticSpec",
+    "TestPredictions",
+    "ThresholdOptions",
     "TrainConfig",
     "TrainedRun",
     "TrainingError",
@@ -34,4 +37,5 @@ __all__ = [
     "load_run",
     "predict_test_split",
     "train",
+    "write_report",
 ]

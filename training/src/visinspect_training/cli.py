@@ -18,7 +18,15 @@ from rich.table import Table
 from rich_argparse import RichHelpFormatter
 
 from visinspect_api.model_repository import Evaluation, ModelMetadata, read_metadata
-from visinspect_training.defaults import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_LAYERS, DEFAULT_N_FEATURES
+from visinspect_training.defaults import (
+    DEFAULT_BACKBONE,
+    DEFAULT_CALIBRATION_FRACTION,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_LAYERS,
+    DEFAULT_N_FEATURES,
+    DEFAULT_TARGET_FALSE_REJECT_RATE,
+    DEFAULT_THRESHOLD_METHOD,
+)
 from visinspect_training.errors import TrainingError
 
 log = logging.getLogger("visinspect_training")
@@ -96,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", type=Path, required=True, help="the run folder the version was exported from")
     evaluate.add_argument("--inference-precision", choices=("f32", "bf16", "f16"), help="default: the version's")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
+    evaluate.add_argument("--no-report", action="store_true", help="do not write the HTML report into the run folder")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     fetch = commands.add_parser(
@@ -125,6 +134,17 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
         help="from_test: calibrate on a seeded part of the test images that evaluation does not score",
     )
     group.add_argument("--val-ratio", type=float, default=0.5)
+    group.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=DEFAULT_CALIBRATION_FRACTION,
+        help="share of the good training images held out from fitting to set the threshold (seeded)",
+    )
+    group.add_argument(
+        "--calibration-dir",
+        type=Path,
+        help="good images that set the threshold instead (then every training image fits the model)",
+    )
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +179,24 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--performance-hint", choices=("LATENCY", "THROUGHPUT"), default="LATENCY")
     group.add_argument("--no-evaluate", action="store_true", help="skip evaluation (metadata then has no metrics)")
+    group.add_argument("--no-report", action="store_true", help="do not write the HTML report into the run folder")
+    _add_threshold_options(group)
+
+
+def _add_threshold_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--threshold-method",
+        choices=("false_reject_rate", "f1"),
+        default=DEFAULT_THRESHOLD_METHOD,
+        help="false_reject_rate: the score at --target-false-reject-rate on good calibration images; "
+        "f1: anomalib's F1-adaptive threshold on the labelled validation split",
+    )
+    group.add_argument(
+        "--target-false-reject-rate",
+        type=float,
+        default=DEFAULT_TARGET_FALSE_REJECT_RATE,
+        help="share of good parts the default threshold may reject (0.01 = 1 %%)",
+    )
 
 
 def _cmd_synthetic(args: argparse.Namespace) -> None:
@@ -182,18 +220,20 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from visinspect_training.train import load_run  # noqa: PLC0415
 
     options = _export_options(args)
-    _export_and_report(load_run(args.run_dir), args.repository, options)
+    _export_and_report(load_run(args.run_dir), args.repository, options, report=not args.no_report)
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
     options = _export_options(args)  # refuse bad export options before spending time on training
     run = _train(args)
     _console.print(_run_table(run))
-    _export_and_report(run, args.repository, options)
+    _export_and_report(run, args.repository, options, report=not args.no_report)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from visinspect_training.evaluate import evaluate_ir  # noqa: PLC0415
+    from visinspect_training.data import build_datamodule  # noqa: PLC0415
+    from visinspect_training.evaluate import evaluate_test_split  # noqa: PLC0415
+    from visinspect_training.ir import compile_ir  # noqa: PLC0415
     from visinspect_training.train import load_run  # noqa: PLC0415
 
     try:
@@ -201,12 +241,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
     run = load_run(args.run)
+    config = run.config
     precision = args.inference_precision or metadata.inference_precision
-    evaluation = evaluate_ir(args.version_dir / "model.xml", run.config, metadata.calibration, precision, run.padim)
+    data = build_datamodule(config.dataset, (config.image_size,) * 2, config.batch_size, config.num_workers)
+    compiled = compile_ir(args.version_dir / "model.xml", precision)
+    evaluation, predictions = evaluate_test_split(compiled, data, metadata.calibration, precision, run.padim)
+    title = f"{metadata.model_name} {args.version_dir.name}"
     if args.json:
         print(json.dumps(dataclasses.asdict(evaluation), indent=2))
     else:
-        _console.print(_evaluation_table(evaluation, f"{metadata.model_name} {args.version_dir.name}"))
+        _console.print(_evaluation_table(evaluation, title))
+    if not args.no_report:
+        _write_report(run.run_dir, metadata, args.version_dir.name, evaluation, predictions)
+
+
+def _write_report(run_dir: Path, metadata: ModelMetadata, version: str, evaluation, predictions) -> Path:  # noqa: ANN001
+    from visinspect_training.report import write_report  # noqa: PLC0415
+
+    path = run_dir / f"report-{metadata.model_name}-v{version}.html"
+    write_report(
+        path,
+        title=f"{metadata.model_name} version {version}",
+        calibration=metadata.calibration,
+        evaluation=evaluation,
+        predictions=predictions,
+    )
+    _console.print(f"report: {path}", highlight=False)
+    return path
 
 
 def _cmd_fetch_weights(args: argparse.Namespace) -> None:
@@ -237,6 +298,8 @@ def _train(args: argparse.Namespace):  # noqa: ANN202 - TrainedRun, imported laz
         val_split=args.val_split,
         val_ratio=args.val_ratio,
         seed=args.seed,
+        calibration_fraction=0.0 if args.calibration_dir else args.calibration_fraction,
+        calibration_dir=args.calibration_dir,
     )
     source = args.weights or ("file" if args.weights_file else "builtin")
     config = TrainConfig(
@@ -256,6 +319,7 @@ def _train(args: argparse.Namespace):  # noqa: ANN202 - TrainedRun, imported laz
 
 
 def _export_options(args: argparse.Namespace):  # noqa: ANN202 - ExportOptions, imported lazily
+    from visinspect_training.calibrate import ThresholdOptions  # noqa: PLC0415
     from visinspect_training.export import ExportOptions  # noqa: PLC0415
 
     return ExportOptions(
@@ -263,23 +327,31 @@ def _export_options(args: argparse.Namespace):  # noqa: ANN202 - ExportOptions, 
         inference_precision=args.inference_precision,
         evaluate=not args.no_evaluate,
         performance_hint=args.performance_hint,
+        threshold=ThresholdOptions(
+            method=args.threshold_method, target_false_reject_rate=args.target_false_reject_rate
+        ),
     )
 
 
-def _export_and_report(run, repository: Path, options) -> None:  # noqa: ANN001 - lazily imported types
+def _export_and_report(run, repository: Path, options, report: bool = True) -> None:  # noqa: ANN001 - lazy types
     from visinspect_training.export import export_run  # noqa: PLC0415
 
-    with _console.status("exporting and evaluating"):
+    with _console.status("exporting, calibrating and evaluating"):
         result = export_run(run, repository, options)
-    _console.print(_version_table(result.metadata, result.version_dir))
-    if result.metadata.evaluation is not None:
-        _console.print(_evaluation_table(result.metadata.evaluation, f"{result.metadata.model_name} {result.version}"))
+    metadata = result.metadata
+    _console.print(_version_table(metadata, result.version_dir))
+    for warning in metadata.calibration.warnings:
+        _console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
+    if metadata.evaluation is not None:
+        _console.print(_evaluation_table(metadata.evaluation, f"{metadata.model_name} {result.version}"))
+        if report and result.predictions is not None:
+            _write_report(run.run_dir, metadata, str(result.version), metadata.evaluation, result.predictions)
     print(result.version_dir)
 
 
 def _run_table(run) -> Table:  # noqa: ANN001 - TrainedRun
     table = Table(title=f"training run {run.config.model_name}", show_header=False)
-    calibration = run.calibration
+    calibration = run.f1_calibration
     rows = {
         "run folder": str(run.run_dir),
         "dataset": f"{run.config.dataset.kind}: {run.config.dataset.location}",
@@ -289,10 +361,12 @@ def _run_table(run) -> Table:  # noqa: ANN001 - TrainedRun
         ),
         "weights": run.config.weights.source + (f" sha256 {run.weights_sha256[:12]}…" if run.weights_sha256 else ""),
         "fit time": f"{run.fit_seconds:.1f} s",
-        "image threshold (raw)": _threshold(calibration.image_threshold, calibration.image_min, calibration.image_max),
-        "pixel threshold (raw)": _threshold(calibration.pixel_threshold, calibration.pixel_min, calibration.pixel_max),
-        "calibrated on": calibration.source,
     }
+    if calibration is not None:
+        rows["F1 image threshold (raw)"] = _threshold(
+            calibration.image_threshold, calibration.image_min, calibration.image_max
+        )
+        rows["F1 fitted on"] = calibration.source
     for key, value in rows.items():
         table.add_row(key, value)
     return table
@@ -309,6 +383,20 @@ def _version_table(metadata: ModelMetadata, version_dir: Path) -> Table:
     table.add_row("IR precision", metadata.ir_precision)
     table.add_row("inference precision", metadata.inference_precision)
     table.add_row("model.bin sha256", metadata.ir_bin_sha256)
+    calibration = metadata.calibration
+    if calibration.method == "false_reject_rate":
+        table.add_row("threshold", f"at {calibration.target_false_reject_rate:.2%} false rejects on good images")
+    else:
+        table.add_row("threshold", "F1-adaptive on the labelled validation split")
+    table.add_row(
+        "image threshold (raw)", _threshold(calibration.image_threshold, calibration.image_min, calibration.image_max)
+    )
+    table.add_row("calibrated on", calibration.source)
+    expected = calibration.expected_rates()
+    if expected.false_reject_rate is not None:
+        table.add_row("expected false-reject rate", f"{expected.false_reject_rate:.2%}")
+    if expected.defect_recall is not None:
+        table.add_row("expected defect recall", f"{expected.defect_recall:.2%} (validation defects)")
     return table
 
 
@@ -322,7 +410,20 @@ def _evaluation_table(evaluation: Evaluation, title: str) -> Table:
     table.add_row("test images (anomalous)", f"{evaluation.num_images} ({evaluation.num_anomalous})")
     table.add_row("image AUROC", fmt(evaluation.image_auroc))
     table.add_row("image F1 @ calibrated threshold", fmt(evaluation.image_f1))
+    good = evaluation.num_images - evaluation.num_anomalous
+    if evaluation.false_reject_rate is not None:
+        table.add_row(
+            "good parts rejected", f"{evaluation.good_rejected} of {good} ({evaluation.false_reject_rate:.1%})"
+        )
+    if evaluation.defect_recall is not None:
+        table.add_row(
+            "defects caught",
+            f"{evaluation.defects_caught} of {evaluation.num_anomalous} ({evaluation.defect_recall:.1%})",
+        )
+    for name, found in evaluation.recall_by_defect_type.items():
+        table.add_row(f"  {escape(name)}", f"{found.caught} of {found.total}")
     table.add_row("pixel AUROC", fmt(evaluation.pixel_auroc))
+    table.add_row("pixel AUPRO (FPR <= 0.3)", fmt(evaluation.pixel_aupro))
     table.add_row("max |score - torch|", fmt(evaluation.max_abs_score_diff_vs_torch, 6))
     table.add_row("max relative score difference", fmt(evaluation.max_rel_score_diff_vs_torch, 8))
     for note in evaluation.notes:

@@ -16,10 +16,15 @@ from typing import Literal
 
 import cv2
 import numpy as np
+import pandas as pd
 from anomalib.data import Folder, MVTecAD
 from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.data.datamodules.image.mvtecad import DOWNLOAD_INFO
+from anomalib.data.datasets.base.image import AnomalibDataset
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader
 
+from visinspect_training.defaults import DEFAULT_CALIBRATION_FRACTION
 from visinspect_training.errors import ConfigError, DatasetError
 from visinspect_training.preprocess import ContractResize
 from visinspect_training.synthetic import SyntheticSpec, SyntheticSpecError, generate_synthetic_dataset
@@ -40,6 +45,10 @@ class DatasetSpec:
     ``val_split`` decides where the calibration thresholds are fitted: ``from_test`` moves a seeded
     half of the test images into a validation split that evaluation never scores (honest F1);
     ``same_as_test`` fits them on the test images themselves (anomalib's MVTec default; optimistic F1).
+
+    Good calibration images (for thresholds by false-reject rate) never fit the model: a seeded
+    ``calibration_fraction`` of the good training images is held out, or, when ``calibration_dir`` is
+    given, all its images are used and every training image fits the model.
     """
 
     kind: DatasetKindName
@@ -54,6 +63,8 @@ class DatasetSpec:
     val_ratio: float = 0.5
     seed: int = 0
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION
+    calibration_dir: Path | None = None
 
     @property
     def display_name(self) -> str:
@@ -82,12 +93,37 @@ class DatasetSpec:
         return self.val_split == "same_as_test"
 
 
+@dataclass(frozen=True)
+class PreparedData:
+    """The datamodule (its training split without the calibration images) and the good calibration images."""
+
+    datamodule: AnomalibDataModule
+    calibration: AnomalibDataset | None
+
+    def calibration_loader(self) -> DataLoader | None:
+        """Batches of the good calibration images, as the test loader makes them."""
+        if self.calibration is None:
+            return None
+        loader = self.datamodule.test_dataloader()
+        return DataLoader(
+            self.calibration,
+            batch_size=loader.batch_size,
+            shuffle=False,
+            num_workers=loader.num_workers,
+            collate_fn=self.calibration.collate_fn,
+        )
+
+
 def build_datamodule(
     spec: DatasetSpec, image_size: tuple[int, int], batch_size: int = 32, num_workers: int = 0
-) -> AnomalibDataModule:
-    """Create, set up and check the datamodule for ``spec``."""
+) -> PreparedData:
+    """Create, set up and check the datamodule for ``spec``; set the good calibration images apart."""
     if not 0.0 < spec.val_ratio < 1.0:
         raise ConfigError(f"val ratio must be between 0 and 1, got {spec.val_ratio}")
+    if not 0.0 <= spec.calibration_fraction < 1.0:
+        raise ConfigError(f"calibration fraction must be in [0, 1), got {spec.calibration_fraction}")
+    if spec.calibration_dir is not None:
+        _require_images(spec.calibration_dir)
     common = {
         "train_batch_size": batch_size,
         "eval_batch_size": batch_size,
@@ -103,9 +139,42 @@ def build_datamodule(
         datamodule = _mvtec_layout(_mvtec_root(spec), spec.display_name, common)
     else:
         datamodule = _folder(spec, common)
-    datamodule.setup()
-    check_samples(datamodule)
-    return datamodule
+    datamodule.setup(TrainerFn.FITTING)  # as the trainer does: its own setup call then keeps these splits
+    calibration = _hold_out_calibration(datamodule, spec)
+    check_samples(datamodule, calibration)
+    return PreparedData(datamodule, calibration)
+
+
+def _hold_out_calibration(datamodule: AnomalibDataModule, spec: DatasetSpec) -> AnomalibDataset | None:
+    train = datamodule.train_data
+    if spec.calibration_dir is not None:
+        return _folder_like(train, spec.calibration_dir)
+    total = len(train)
+    held_out = round(spec.calibration_fraction * total)
+    if held_out == 0:
+        return None
+    if held_out >= total:
+        raise ConfigError(
+            f"holding out {held_out} of {total} good training images for calibration leaves none to fit: "
+            "lower --calibration-fraction or pass --calibration-dir"
+        )
+    order = np.argsort(train.samples["image_path"].to_numpy(dtype=str), kind="stable")  # independent of listing order
+    shuffled = order[np.random.default_rng(spec.seed).permutation(total)]
+    calibration = train.subsample(sorted(shuffled[:held_out].tolist()))
+    datamodule.train_data = train.subsample(sorted(shuffled[held_out:].tolist()))
+    return calibration
+
+
+def _folder_like(template: AnomalibDataset, folder: Path) -> AnomalibDataset:
+    """``template`` (a dataset of good training images) with the good images of ``folder`` instead."""
+    paths = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    first = template.samples.iloc[0]
+    rows = [{**first.to_dict(), "path": str(folder), "image_path": path} for path in paths]
+    frame = pd.DataFrame(rows, columns=template.samples.columns)
+    frame.attrs = dict(template.samples.attrs)  # anomalib keeps the task type there
+    dataset = template.subsample([])
+    dataset.samples = frame
+    return dataset
 
 
 def _synthetic_root(spec: DatasetSpec) -> Path:
@@ -189,9 +258,11 @@ def _require_images(folder: Path) -> None:
         raise DatasetError(f"dataset folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
 
 
-def check_samples(datamodule: AnomalibDataModule) -> None:
+def check_samples(datamodule: AnomalibDataModule, calibration: AnomalibDataset | None = None) -> None:
     """Decode every image and mask once; raise naming the first file that is unreadable or mismatched."""
     frames = [getattr(datamodule, split).samples for split in ("train_data", "val_data", "test_data")]
+    if calibration is not None:
+        frames.append(calibration.samples)
     if len(frames[0]) == 0:
         raise DatasetError("the training split is empty: the normal folder needs images of good parts")
     pairs: list[tuple[str, str | None]] = []
@@ -232,12 +303,13 @@ def _decode(path: str, flags: int) -> np.ndarray | None:
     return cv2.imdecode(data, flags) if data.size else None
 
 
-def split_counts(datamodule: AnomalibDataModule) -> dict[str, int]:
-    """Image counts per split, and anomalous counts for the evaluation splits."""
+def split_counts(data: PreparedData) -> dict[str, int]:
+    """Image counts per split (``calibration``: good images that fit nothing); anomalous counts of val and test."""
     counts: dict[str, int] = {}
     for split in ("train", "val", "test"):
-        samples = getattr(datamodule, f"{split}_data").samples
+        samples = getattr(data.datamodule, f"{split}_data").samples
         counts[split] = len(samples)
         if split != "train":
             counts[f"{split}_anomalous"] = int((samples["label_index"] == 1).sum())
+    counts["calibration"] = 0 if data.calibration is None else len(data.calibration)
     return counts

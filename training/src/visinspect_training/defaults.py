@@ -8,3 +8,9 @@ DEFAULT_BACKBONE = "mobilenetv2_100"
 DEFAULT_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 DEFAULT_N_FEATURES = 100
 DEFAULT_IMAGE_SIZE = 256
+
+# Thresholds: the score at this false-reject rate on good images held out from fitting (this share of
+# the training images unless a calibration folder is given). See docs/calibration.md.
+DEFAULT_CALIBRATION_FRACTION = 0.15
+DEFAULT_TARGET_FALSE_REJECT_RATE = 0.01
+DEFAULT_THRESHOLD_METHOD = "false_reject_rate"

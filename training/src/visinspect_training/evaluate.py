@@ -3,42 +3,158 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
+import openvino as ov
 import torch
 from anomalib.models.image.padim.torch_model import PadimModel
 from scipy.stats import rankdata
 
-from visinspect_api.model_repository import Calibration, Evaluation
-from visinspect_training.data import build_datamodule
+from visinspect_api.model_repository import Calibration, DefectTypeRecall, Evaluation
+from visinspect_training.data import PreparedData, build_datamodule
 from visinspect_training.ir import AnomalibPadim, InferencePrecisionName, compile_ir, infer, torch_infer
 from visinspect_training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
+AUPRO_MAX_FPR = 0.3
+_AUPRO_STEPS = 200
+
 
 @dataclass
-class _Collected:
+class Scored:
+    """Per-image IR outputs over one split (maps kept only when asked for)."""
+
     paths: list[str] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
-    all_maps: list[np.ndarray] = field(default_factory=list)
     maps: list[np.ndarray] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
     torch_scores: list[np.ndarray] = field(default_factory=list)
+    map_min: float = float("inf")
+    map_max: float = float("-inf")
+
+    @property
+    def raw_scores(self) -> np.ndarray:
+        """All raw image scores, float32 [N]."""
+        return np.concatenate(self.scores) if self.scores else np.zeros(0, np.float32)
+
+    @property
+    def is_anomalous(self) -> np.ndarray:
+        """Labels, bool [N]."""
+        return np.concatenate(self.labels) if self.labels else np.zeros(0, bool)
 
 
 @dataclass(frozen=True)
-class SplitPredictions:
-    """Per-image results of the IR on the test split (for plots and error analysis)."""
+class TestPredictions:
+    """Per-image results of the IR on the test split (for the report, plots and error analysis)."""
 
     paths: tuple[str, ...]
     labels: np.ndarray  # bool [N], True = anomalous
+    defect_types: tuple[str, ...]  # "good" for good images, else the defect folder's name
     raw_scores: np.ndarray  # float32 [N]
     scores: np.ndarray  # normalised [N], 0.5 at the calibrated threshold
     anomaly_maps: np.ndarray  # raw float32 [N, H, W]
+    masks: np.ndarray | None  # bool [N, H, W] where the dataset has masks
+
+
+def score_images(
+    compiled: ov.CompiledModel,
+    batches: Iterable[Any],
+    padim: PadimModel | None = None,
+    keep_maps: bool = False,
+) -> Scored:
+    """Run every batch of an anomalib loader through the IR (and the torch model when given)."""
+    wrapper = AnomalibPadim(padim) if padim is not None else None
+    got = Scored()
+    for batch in batches:
+        images = to_uint8_nhwc(batch.image)
+        maps, scores = infer(compiled, images)
+        got.paths.extend(str(path) for path in batch.image_path)
+        got.scores.append(scores)
+        got.labels.append(batch.gt_label.numpy().astype(bool))
+        got.map_min = min(got.map_min, float(maps.min()))
+        got.map_max = max(got.map_max, float(maps.max()))
+        if keep_maps:
+            got.maps.append(maps)
+            if batch.gt_mask is not None:
+                got.masks.append(batch.gt_mask.numpy().reshape(maps.shape).astype(bool))
+        if wrapper is not None:
+            got.torch_scores.append(torch_infer(wrapper, images))
+    return got
+
+
+def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
+    """anomalib's float [0, 1] NCHW batch as the uint8 NHWC batch the served IR takes."""
+    pixels = images.permute(0, 2, 3, 1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(pixels.numpy())
+
+
+def evaluate_ir(
+    xml_path: Path,
+    config: TrainConfig,
+    calibration: Calibration,
+    precision: InferencePrecisionName,
+    padim: PadimModel | None = None,
+) -> Evaluation:
+    """Score the test split with the IR; compare with the torch model on identical inputs when given."""
+    evaluation, _ = evaluate_test_split(
+        compile_ir(xml_path, precision), _prepare(config), calibration, precision, padim
+    )
+    return evaluation
+
+
+def evaluate_test_split(
+    compiled: ov.CompiledModel,
+    data: PreparedData,
+    calibration: Calibration,
+    precision: InferencePrecisionName,
+    padim: PadimModel | None = None,
+) -> tuple[Evaluation, TestPredictions]:
+    """The metrics and the per-image predictions of the test split, scored once."""
+    got = score_images(compiled, data.datamodule.test_dataloader(), padim, keep_maps=True)
+    return summarise(got, calibration, precision), _predictions(got, calibration)
+
+
+def predict_test_split(
+    xml_path: Path, config: TrainConfig, calibration: Calibration, precision: InferencePrecisionName
+) -> TestPredictions:
+    """Every test image's raw and normalised score and raw anomaly map, from the IR."""
+    got = score_images(compile_ir(xml_path, precision), _prepare(config).datamodule.test_dataloader(), keep_maps=True)
+    return _predictions(got, calibration)
+
+
+def _prepare(config: TrainConfig) -> PreparedData:
+    size = (config.image_size, config.image_size)
+    return build_datamodule(config.dataset, size, config.batch_size, config.num_workers)
+
+
+def _predictions(got: Scored, calibration: Calibration) -> TestPredictions:
+    raw = got.raw_scores
+    labels = got.is_anomalous
+    return TestPredictions(
+        paths=tuple(got.paths),
+        labels=labels,
+        defect_types=tuple(
+            "good" if not bad else Path(p).parent.name for p, bad in zip(got.paths, labels, strict=True)
+        ),
+        raw_scores=raw,
+        scores=np.array([calibration.normalized(float(s)) for s in raw], dtype=np.float32),
+        anomaly_maps=np.concatenate(got.maps),
+        masks=_full_masks(got),
+    )
+
+
+def _full_masks(got: Scored) -> np.ndarray | None:
+    """Masks for every image (good ones all-false), or None when the dataset has none."""
+    if not got.masks or sum(m.shape[0] for m in got.masks) != len(got.paths):
+        return None
+    return np.concatenate(got.masks)
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -62,74 +178,43 @@ def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float | None:
     return 2.0 * true_pos / denominator
 
 
-def evaluate_ir(
-    xml_path: Path,
-    config: TrainConfig,
-    calibration: Calibration,
-    precision: InferencePrecisionName,
-    padim: PadimModel | None = None,
-) -> Evaluation:
-    """Score the test split with the IR; compare with the torch model on identical inputs when given."""
-    return _summarise(_collect(xml_path, config, precision, padim), calibration, precision)
+def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = AUPRO_MAX_FPR) -> float | None:
+    """Area under the per-region-overlap curve up to ``max_fpr`` (normalised to [0, 1]), as in MVTec AD.
+
+    Each connected defect region counts equally, whatever its size; the false-positive rate is over
+    the good pixels of all images. None without any defect pixel.
+    """
+    if not masks.any():
+        return None
+    region_ids, region_sizes = [], []
+    for index, mask in enumerate(masks):
+        count, labelled = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        for region in range(1, count):
+            region_ids.append((index, labelled == region))
+            region_sizes.append(int((labelled == region).sum()))
+    good_pixels = maps[~masks]
+    thresholds = np.quantile(good_pixels, 1.0 - np.linspace(0.0, max_fpr, _AUPRO_STEPS))
+    fprs = np.array([(good_pixels > t).mean() for t in thresholds])
+    overlaps = np.zeros(len(thresholds))
+    for (index, region), size in zip(region_ids, region_sizes, strict=True):
+        values = np.sort(maps[index][region])
+        above = size - np.searchsorted(values, thresholds, side="right")
+        overlaps += above / size
+    overlaps /= len(region_ids)
+    keep = fprs <= max_fpr
+    return float(np.trapezoid(overlaps[keep], fprs[keep]) / max_fpr)
 
 
-def predict_test_split(
-    xml_path: Path, config: TrainConfig, calibration: Calibration, precision: InferencePrecisionName
-) -> SplitPredictions:
-    """Every test image's raw and normalised score and raw anomaly map, from the IR."""
-    got = _collect(xml_path, config, precision, None, keep_maps=True)
-    raw = np.concatenate(got.scores)
-    value_range = calibration.image_max - calibration.image_min
-    return SplitPredictions(
-        paths=tuple(got.paths),
-        labels=np.concatenate(got.labels),
-        raw_scores=raw,
-        scores=np.clip((raw - calibration.image_threshold) / value_range + 0.5, 0.0, 1.0),
-        anomaly_maps=np.concatenate(got.all_maps),
-    )
-
-
-def _collect(
-    xml_path: Path,
-    config: TrainConfig,
-    precision: InferencePrecisionName,
-    padim: PadimModel | None,
-    keep_maps: bool = False,
-) -> _Collected:
-    size = (config.image_size, config.image_size)
-    datamodule = build_datamodule(config.dataset, size, config.batch_size, config.num_workers)
-    compiled = compile_ir(xml_path, precision)
-    wrapper = AnomalibPadim(padim) if padim is not None else None
-    got = _Collected()
-    for batch in datamodule.test_dataloader():
-        images = _to_uint8_nhwc(batch.image)
-        maps, scores = infer(compiled, images)
-        got.paths.extend(str(path) for path in batch.image_path)
-        got.scores.append(scores)
-        got.labels.append(batch.gt_label.numpy().astype(bool))
-        if keep_maps:
-            got.all_maps.append(maps)
-        if batch.gt_mask is not None:
-            got.maps.append(maps)
-            got.masks.append(batch.gt_mask.numpy().reshape(maps.shape).astype(bool))
-        if wrapper is not None:
-            got.torch_scores.append(torch_infer(wrapper, images))
-    return got
-
-
-def _to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
-    pixels = images.permute(0, 2, 3, 1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return np.ascontiguousarray(pixels.numpy())
-
-
-def _summarise(got: _Collected, calibration: Calibration, precision: InferencePrecisionName) -> Evaluation:
-    scores = np.concatenate(got.scores)
-    labels = np.concatenate(got.labels)
-    pixel_auroc = None
-    if got.masks:
-        masks = np.concatenate(got.masks)
-        if masks.any():
-            pixel_auroc = auroc(np.concatenate(got.maps).ravel(), masks.ravel())
+def summarise(got: Scored, calibration: Calibration, precision: InferencePrecisionName) -> Evaluation:
+    """The test split's metrics at the calibrated threshold."""
+    scores = got.raw_scores
+    labels = got.is_anomalous
+    masks = _full_masks(got)
+    pixel_auroc = pixel_aupro = None
+    if masks is not None and masks.any():
+        maps = np.concatenate(got.maps)
+        pixel_auroc = auroc(maps.ravel(), masks.ravel())
+        pixel_aupro = aupro(maps, masks)
     max_abs: float | None = None
     max_rel: float | None = None
     if got.torch_scores:
@@ -142,15 +227,29 @@ def _summarise(got: _Collected, calibration: Calibration, precision: InferencePr
         notes.append("thresholds were fitted on the evaluated images: F1 is optimistic")
     if not got.torch_scores:
         notes.append("no torch model given: export fidelity not measured")
+    rejected = scores > calibration.image_threshold
+    good = ~labels
+    by_type: dict[str, DefectTypeRecall] = {}
+    for path, is_bad, caught in zip(got.paths, labels, rejected, strict=True):
+        if is_bad:
+            name = Path(path).parent.name
+            before = by_type.get(name, DefectTypeRecall(0, 0))
+            by_type[name] = DefectTypeRecall(before.caught + int(caught), before.total + 1)
     return Evaluation(
         split="test",
         num_images=int(labels.size),
         num_anomalous=int(labels.sum()),
         image_auroc=auroc(scores, labels),
-        image_f1=f1_score(scores > calibration.image_threshold, labels),
+        image_f1=f1_score(rejected, labels),
         pixel_auroc=pixel_auroc,
         max_abs_score_diff_vs_torch=max_abs,
         max_rel_score_diff_vs_torch=max_rel,
         inference_precision=precision,
         notes=tuple(notes),
+        false_reject_rate=float(rejected[good].mean()) if good.any() else None,
+        defect_recall=float(rejected[labels].mean()) if labels.any() else None,
+        good_rejected=int(rejected[good].sum()),
+        defects_caught=int(rejected[labels].sum()),
+        recall_by_defect_type=dict(sorted(by_type.items())),
+        pixel_aupro=pixel_aupro,
     )

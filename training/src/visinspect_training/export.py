@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,8 +19,10 @@ from visinspect_api.model_repository import (
     write_metadata,
 )
 from visinspect_training import ir
+from visinspect_training.calibrate import ThresholdOptions, calibrate
+from visinspect_training.data import build_datamodule
 from visinspect_training.errors import ConfigError
-from visinspect_training.evaluate import evaluate_ir
+from visinspect_training.evaluate import TestPredictions, evaluate_test_split
 from visinspect_training.repository import publish, staging_folder, write_ovms_config
 from visinspect_training.train import TrainedRun
 
@@ -36,12 +38,13 @@ _INT8_REFUSAL = (
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """How to export: IR weight precision, the inference precision servers must use, and evaluation."""
+    """How to export: IR weight precision, the inference precision servers must use, thresholds, evaluation."""
 
     ir_precision: str = "FP32"
     inference_precision: str = "f32"
     evaluate: bool = True
     performance_hint: str = "LATENCY"
+    threshold: ThresholdOptions = field(default_factory=ThresholdOptions)
 
     def __post_init__(self) -> None:
         if self.ir_precision.upper() == "INT8":
@@ -57,28 +60,40 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class ExportResult:
-    """The published version."""
+    """The published version, and the test split's per-image predictions when it was evaluated."""
 
     version: int
     version_dir: Path
     metadata: ModelMetadata
+    predictions: TestPredictions | None = None
 
 
 def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None = None) -> ExportResult:
-    """Convert, evaluate and atomically publish ``run`` as the model's next version."""
+    """Convert, calibrate, evaluate and atomically publish ``run`` as the model's next version.
+
+    The thresholds come from the IR's scores at the inference precision (``calibrate.py``).
+    """
     options = options or ExportOptions()
     config = run.config
     with staging_folder(repository, config.model_name) as staged:
         model, input_contract, outputs = ir.convert(run.padim, config.image_size)
         xml_path = staged / IR_XML_FILENAME
         ir.save(model, xml_path, options.ir_precision)  # type: ignore[arg-type]
+        precision = options.inference_precision
+        compiled = ir.compile_ir(xml_path, precision)  # type: ignore[arg-type]
+        size = (config.image_size, config.image_size)
+        data = build_datamodule(config.dataset, size, config.batch_size, config.num_workers)
+        calibration = calibrate(compiled, data, config.dataset, options.threshold, run.f1_calibration)
+        for warning in calibration.warnings:
+            log.info("%s", warning)
         evaluation: Evaluation | None = None
+        predictions: TestPredictions | None = None
         if options.evaluate:
-            evaluation = evaluate_ir(
-                xml_path,
-                config,
-                run.calibration,
-                options.inference_precision,
+            evaluation, predictions = evaluate_test_split(
+                compiled,
+                data,
+                calibration,
+                precision,  # type: ignore[arg-type]
                 run.padim,  # type: ignore[arg-type]
             )
         metadata = ModelMetadata(
@@ -86,7 +101,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             input=input_contract,
             outputs=outputs,
-            calibration=run.calibration,
+            calibration=calibration,
             backbone=Backbone(
                 name=config.backbone,
                 layers=config.layers,
@@ -113,7 +128,12 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
         version = publish(staged, repository / config.model_name)
     write_ovms_config(repository, options.performance_hint)
     log.info("published %s version %d", config.model_name, version)
-    return ExportResult(version=version, version_dir=repository / config.model_name / str(version), metadata=metadata)
+    return ExportResult(
+        version=version,
+        version_dir=repository / config.model_name / str(version),
+        metadata=metadata,
+        predictions=predictions,
+    )
 
 
 def _software_versions() -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Fit PaDiM with anomalib's Engine and keep the result as a run folder (tensors and JSON, no pickles).
 
 A run folder holds ``padim.pt`` (the PaDiM module's state dict) and ``run.json`` (the configuration,
-the calibration anomalib's post-processor fitted on the validation split, and the split counts).
+the F1-adaptive calibration anomalib's post-processor fitted on the labelled validation split, when
+there is one, and the split counts). Export sets the served thresholds (``calibrate.py``).
 """
 
 from __future__ import annotations
@@ -66,11 +67,11 @@ class TrainConfig:
 
 @dataclass
 class TrainedRun:
-    """A fitted PaDiM model with its calibration, loaded in memory."""
+    """A fitted PaDiM model with anomalib's F1 calibration (None without a labelled validation split)."""
 
     config: TrainConfig
     padim: PadimModel
-    calibration: Calibration
+    f1_calibration: Calibration | None
     counts: dict[str, int]
     weights_sha256: str | None
     run_dir: Path
@@ -82,7 +83,7 @@ def train(config: TrainConfig, runs_root: Path, progress: Progress | None = None
     _check_config(config)
     seed_everything(config.seed, verbose=False)
     image_size = (config.image_size, config.image_size)
-    datamodule = build_datamodule(config.dataset, image_size, config.batch_size, config.num_workers)
+    data = build_datamodule(config.dataset, image_size, config.batch_size, config.num_workers)
     model = _build_model(config)
     weights_sha256 = _load_weights(model.model, config)
     run_dir = _new_run_dir(runs_root, config.model_name)
@@ -90,13 +91,13 @@ def train(config: TrainConfig, runs_root: Path, progress: Progress | None = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         engine = _engine(run_dir, [LightningProgress(progress)] if progress else [])
-        engine.fit(model=model, datamodule=datamodule)
+        engine.fit(model=model, datamodule=data.datamodule)
     fit_seconds = time.perf_counter() - started
     run = TrainedRun(
         config=config,
         padim=model.model.eval(),
-        calibration=_calibration(model, config.dataset),
-        counts=split_counts(datamodule),
+        f1_calibration=_f1_calibration(model, config.dataset),
+        counts=split_counts(data),
         weights_sha256=weights_sha256,
         run_dir=run_dir,
         fit_seconds=fit_seconds,
@@ -164,7 +165,7 @@ def _engine(run_dir: Path, callbacks: list[Callback]) -> Any:
     )
 
 
-def _calibration(model: Padim, dataset: DatasetSpec) -> Calibration:
+def _f1_calibration(model: Padim, dataset: DatasetSpec) -> Calibration | None:
     post = model.post_processor
     values = {
         "image_threshold": float(post.image_threshold),
@@ -176,10 +177,8 @@ def _calibration(model: Padim, dataset: DatasetSpec) -> Calibration:
     }
     missing = [name for name, value in values.items() if math.isnan(value)]  # never fitted
     if missing:
-        raise TrainingError(
-            f"calibration failed ({', '.join(missing)} not computed): the validation split is empty; "
-            "add test images (good and defective) so thresholds can be fitted"
-        )
+        log.info("no F1 calibration (%s not computed): no labelled validation split", ", ".join(missing))
+        return None
     source = (
         f"{dataset.val_split} validation split (ratio {dataset.val_ratio}, seed {dataset.seed})"
         if dataset.val_split == "from_test"
@@ -200,7 +199,7 @@ def save_run(run: TrainedRun) -> None:
     torch.save(run.padim.state_dict(), run.run_dir / RUN_STATE_FILENAME)
     info = {
         "config": _to_jsonable(dataclasses.asdict(run.config)),
-        "calibration": dataclasses.asdict(run.calibration),
+        "calibration": None if run.f1_calibration is None else dataclasses.asdict(run.f1_calibration),
         "counts": run.counts,
         "weights_sha256": run.weights_sha256,
         "fit_seconds": run.fit_seconds,
@@ -221,11 +220,21 @@ def load_run(run_dir: Path) -> TrainedRun:
     return TrainedRun(
         config=config,
         padim=padim.eval(),
-        calibration=Calibration(**info["calibration"]),
+        f1_calibration=_f1_from_dict(info["calibration"]),
         counts=info["counts"],
         weights_sha256=info["weights_sha256"],
         run_dir=run_dir,
         fit_seconds=info["fit_seconds"],
+    )
+
+
+def _f1_from_dict(data: dict[str, Any] | None) -> Calibration | None:
+    """The run's F1 calibration: its six numbers and where they came from (no score distributions)."""
+    if data is None:
+        return None
+    names = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
+    return Calibration(
+        **{name: float(data[name]) for name in names}, source=data["source"], overlaps_test=data["overlaps_test"]
     )
 
 

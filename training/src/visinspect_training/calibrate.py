@@ -1,0 +1,147 @@
+"""Calibrate an exported IR: the thresholds, the normalisation range and the score distributions.
+
+Scores come from the IR at the precision servers will run it, so the thresholds hold for the scores
+servers compute. The rules are in :mod:`visinspect_api.calibration` and ``docs/calibration.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import openvino as ov
+
+from visinspect_api.calibration import ScoreSample, smallest_resolvable_rate, threshold_for_false_reject_rate
+from visinspect_api.model_repository import Calibration, ThresholdMethod
+from visinspect_training.data import DatasetSpec, PreparedData
+from visinspect_training.defaults import DEFAULT_TARGET_FALSE_REJECT_RATE, DEFAULT_THRESHOLD_METHOD
+from visinspect_training.errors import ConfigError
+from visinspect_training.evaluate import Scored, score_images
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ThresholdOptions:
+    """How the default threshold is chosen."""
+
+    method: ThresholdMethod = DEFAULT_THRESHOLD_METHOD  # type: ignore[assignment]
+    target_false_reject_rate: float = DEFAULT_TARGET_FALSE_REJECT_RATE
+
+    def __post_init__(self) -> None:
+        if self.method not in ("false_reject_rate", "f1"):
+            raise ConfigError(f"threshold method must be false_reject_rate or f1, got {self.method!r}")
+        if not 0.0 < self.target_false_reject_rate < 1.0:
+            raise ConfigError(
+                f"target false-reject rate must be between 0 and 1 (0.01 = 1 %), got {self.target_false_reject_rate}"
+            )
+
+
+def calibrate(
+    compiled: ov.CompiledModel,
+    data: PreparedData,
+    dataset: DatasetSpec,
+    options: ThresholdOptions,
+    f1_calibration: Calibration | None,
+) -> Calibration:
+    """Score the good calibration images and the labelled validation split with the IR; set the thresholds.
+
+    The good scores are those of every image that fit nothing: the calibration images and the
+    validation split's good images. The defect scores are the validation split's defective images.
+
+    ``f1_calibration`` is anomalib's F1-adaptive calibration of the run (None when the run had no
+    labelled validation images); the ``f1`` method keeps its thresholds and normalisation.
+    """
+    loader = data.calibration_loader()
+    good = score_images(compiled, loader) if loader is not None else None
+    validation = score_images(compiled, data.datamodule.val_dataloader()) if len(data.datamodule.val_data) else None
+    defect_scores = _sample(validation, anomalous=True)
+    good_scores = _good_pool(good, validation)
+    if options.method == "f1":
+        if f1_calibration is None:
+            raise ConfigError(
+                "the F1 threshold needs a labelled validation split with good and defective images; "
+                "this run has none: use --threshold-method false_reject_rate"
+            )
+        return dataclasses.replace(
+            f1_calibration,
+            method="f1",
+            target_false_reject_rate=None,
+            good_scores=good_scores,
+            defect_scores=defect_scores,
+            warnings=(),
+        )
+    if good_scores is None:
+        raise ConfigError(
+            "a threshold by false-reject rate needs good images that did not fit the model: "
+            "set --calibration-fraction above 0, pass --calibration-dir, or add good test images"
+        )
+    rate = options.target_false_reject_rate
+    threshold = threshold_for_false_reject_rate(good_scores, rate)
+    scored = [s for s in (good, validation) if s is not None]  # ranges over every image that fit nothing
+    all_scores = np.concatenate([s.raw_scores for s in scored])
+    return Calibration(
+        image_threshold=threshold,
+        # The image score is the anomaly map's maximum: at this pixel threshold a good image that passes
+        # has an empty mask, and every rejected image has a non-empty one.
+        pixel_threshold=threshold,
+        image_min=float(all_scores.min()),
+        image_max=float(all_scores.max()),
+        pixel_min=min(s.map_min for s in scored),
+        pixel_max=max(s.map_max for s in scored),
+        source=_source(dataset, good, validation),
+        overlaps_test=dataset.calibration_overlaps_test and validation is not None,
+        method="false_reject_rate",
+        target_false_reject_rate=rate,
+        good_scores=good_scores,
+        defect_scores=defect_scores,
+        warnings=resolution_warnings(good_scores.count, rate),
+    )
+
+
+def resolution_warnings(num_good: int, rate: float) -> tuple[str, ...]:
+    """A warning when ``num_good`` images cannot vouch for ``rate`` (below ``1 / (n + 1)``)."""
+    smallest = smallest_resolvable_rate(num_good)
+    if rate >= smallest:
+        return ()
+    needed = int(np.ceil(1.0 / rate)) - 1
+    return (
+        f"the target false-reject rate {rate:.2%} is below what {num_good} good calibration images can resolve "
+        f"({smallest:.2%} = 1/(n+1)): the threshold is the highest good calibration score and about "
+        f"{smallest:.1%} of good parts are expected to be rejected; give at least {needed} good calibration "
+        "images (--calibration-dir or a larger --calibration-fraction) to reach the target",
+    )
+
+
+def _sample(scored: Scored | None, anomalous: bool) -> ScoreSample | None:
+    if scored is None:
+        return None
+    chosen = scored.raw_scores[scored.is_anomalous == anomalous]
+    return ScoreSample.of(chosen.tolist()) if chosen.size else None
+
+
+def _good_pool(good: Scored | None, validation: Scored | None) -> ScoreSample | None:
+    """Raw scores of every good image that did not fit the model: calibration images and good validation images."""
+    pools = [s.raw_scores[~s.is_anomalous] for s in (good, validation) if s is not None]
+    scores = np.concatenate(pools) if pools else np.zeros(0)
+    return ScoreSample.of(scores.tolist()) if scores.size else None
+
+
+def _source(dataset: DatasetSpec, good: Scored | None, validation: Scored | None) -> str:
+    parts = []
+    if good is not None:
+        count = len(good.paths)
+        if dataset.calibration_dir is not None:
+            parts.append(f"{count} good images in {dataset.calibration_dir}")
+        else:
+            parts.append(
+                f"{count} good training images held out from fitting "
+                f"(fraction {dataset.calibration_fraction}, seed {dataset.seed})"
+            )
+    if validation is not None:
+        labels = validation.is_anomalous
+        what = "the test split (same_as_test)" if dataset.calibration_overlaps_test else "the validation split"
+        parts.append(f"{int((~labels).sum())} good and {int(labels.sum())} defective images of {what}")
+    return "; ".join(parts)
