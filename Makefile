@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 KVENV  := .venv-kserve
 KSTAMP := $(KVENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint browser bench clean
 
 install: $(STAMP) $(KSTAMP)
 
@@ -37,7 +37,21 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# Headless Chromium for the report's browser test (tests/integration/test_report_browser.py): installed with
+# apt-get when it is missing and we run as root; otherwise, or if that fails, the test skips (fails with CI=true).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
+		if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Chromium for the browser test (apt-get)"; \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq --no-install-recommends chromium; } >/dev/null \
+				|| echo "warning: could not install Chromium: the browser test will skip (fail with CI=true)" >&2; \
+		else \
+			echo "warning: Chromium is missing and only root with apt-get can install it here: the browser test will skip (fail with CI=true)" >&2; \
+		fi; \
+	fi
+
+test: lint browser
 	$(BIN)/pytest
 
 # The performance suite (about 12 min; not part of the tests): docs/benchmarks/suite.md.
