@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server_harness import ServerProcess, free_port, start_server
+from tests.server_harness import ServerProcess, copy_version, free_port, start_server
+from visinspect_api.calibration import threshold_for_false_reject_rate
+from visinspect_api.model_repository import METADATA_FILENAME
 from visinspect_client import DetectionResult, InspectionClient
-from visinspect_client.cli import main
+from visinspect_client.cli import CSV_COLUMNS, main
 
 AUTH_TOKEN = "cli-test-token"
 
@@ -161,6 +163,96 @@ def test_predict_overlays(served, synthetic_category: Path, tmp_path: Path, caps
     assert np.array_equal(saved, result.overlay(inputs[1]))
 
 
+def test_predict_by_false_reject_rate(served, synthetic_category: Path, reference, capsys) -> None:
+    # 0.3 of 8 good calibration scores: g_(7), below the calibrated g_(8); 0.2 would give g_(8), the default.
+    with InspectionClient(served.address) as client:
+        threshold = client.threshold_for_false_reject_rate(0.3)
+        calibration = client.model().calibration
+        assert calibration.good_scores is not None
+        rates = client.expected_rates(threshold)
+        default_rates = client.expected_rates()
+    assert threshold < 0.5 and rates.false_reject_rate is not None and rates.defect_recall is not None
+    folder = str(synthetic_category / "test")
+    status, out, err = run_cli(
+        capsys, "predict", folder, "--server", served.address, "--false-reject-rate", "0.3", "--format", "json"
+    )
+    assert status == 0, err
+    report = json.loads(out)
+    rows = report["results"]
+    assert len(rows) == len(reference)
+    assert [row["threshold"] for row in rows] == pytest.approx([threshold] * len(rows))  # a float in the response
+    raw_threshold = threshold_for_false_reject_rate(calibration.good_scores, 0.3)
+    for row in rows:
+        assert row["verdict"] == ("anomalous" if row["raw_score"] > raw_threshold else "normal")
+    summary = report["summary"]
+    assert (summary["threshold"], summary["requested_false_reject_rate"]) == (threshold, 0.3)
+    assert summary["expected_false_reject_rate"] == rates.false_reject_rate
+    assert summary["expected_defect_recall"] == rates.defect_recall
+
+    status, out, _ = run_cli(capsys, "predict", folder, "--server", served.address, "--false-reject-rate", "0.3")
+    assert status == 0
+    assert f"threshold {threshold:.4f} (for a false-reject rate of 30.00%)" in out
+    assert f"false-reject rate {rates.false_reject_rate:.2%}, defect recall {rates.defect_recall:.2%}" in out
+
+    status, out, err = run_cli(capsys, "predict", folder, "--server", served.address, "--format", "csv")
+    assert status == 0 and out.splitlines()[0] == ",".join(CSV_COLUMNS)  # the rows as they were
+    assert (
+        f"threshold 0.5000; expected from calibration: false-reject rate {default_rates.false_reject_rate:.2%}" in err
+    )
+
+    one = str(synthetic_category / "test" / "good" / "000.png")
+    status, out, err = run_cli(
+        capsys, "predict", one, "--server", served.address, "--false-reject-rate", "0.001", "--format", "json"
+    )
+    assert status == 0 and f"is below the {calibration.smallest_resolvable_rate:.2%}" in err
+    assert json.loads(out)["summary"]["threshold"] == calibration.threshold_for_false_reject_rate(0.001)
+
+
+@pytest.fixture(scope="module")
+def old_metadata_server(exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server of the same model with schema 1 metadata: an F1 threshold, no calibration score distributions."""
+    metadata = json.loads((exported.version_dir / METADATA_FILENAME).read_text())
+    calibration = {
+        key: value
+        for key, value in metadata["calibration"].items()
+        if key not in ("method", "target_false_reject_rate", "good_scores", "defect_scores", "warnings")
+    }
+    evaluation = {
+        key: value
+        for key, value in metadata["evaluation"].items()
+        if key
+        not in ("false_reject_rate", "defect_recall", "good_rejected", "defects_caught", "recall_by_defect_type",
+                "pixel_aupro")
+    }  # fmt: skip
+    repository = tmp_path_factory.mktemp("schema-1-repository")
+    (repository / "brick").mkdir()
+    copy_version(
+        exported.version_dir,
+        repository / "brick" / "1",
+        schema_version=1,
+        calibration=calibration,
+        evaluation=evaluation,
+    )
+    server = start_server(repository)
+    yield server
+    server.stop()
+
+
+def test_a_model_without_calibration_scores(old_metadata_server: ServerProcess, synthetic_category: Path, capsys):
+    folder = str(synthetic_category / "test" / "good")
+    address = old_metadata_server.address
+    status, out, err = run_cli(capsys, "predict", folder, "--server", address, "--false-reject-rate", "0.05")
+    assert (status, out) == (2, "")
+    assert "--false-reject-rate 0.05: model brick version 1: this model version has no good calibration scores" in err
+    status, out, _ = run_cli(capsys, "predict", folder, "--server", address, "--format", "json")
+    summary = json.loads(out)["summary"]
+    assert status == 0 and summary["threshold"] == 0.5 and summary["expected_false_reject_rate"] is None
+    status, out, _ = run_cli(capsys, "predict", folder, "--server", address)
+    assert status == 0 and "expected from calibration: false-reject rate unknown, defect recall unknown" in out
+    status, out, _ = run_cli(capsys, "models", "--server", address)
+    assert status == 0 and "F1" in out
+
+
 def test_overlays_never_overwrite_inputs(served, synthetic_category: Path, tmp_path: Path, capsys) -> None:
     folder = tmp_path / "good"
     folder.mkdir()
@@ -205,6 +297,9 @@ def test_evaluate_needs_both_classes(served, synthetic_category: Path, capsys) -
         (["predict", "{folder}", "--concurrency", "0"], "--concurrency"),
         (["predict", "{folder}", "--ca-cert", "{missing}"], "cannot read the PEM file"),
         (["predict", "{folder}", "--format", "xml"], "invalid choice"),
+        (["predict", "{folder}", "--false-reject-rate", "0.2", "--threshold", "0.5"], "not allowed with argument"),
+        (["predict", "{folder}", "--false-reject-rate", "0"], "--false-reject-rate 0: model brick version 1: a false"),
+        (["predict", "{folder}", "--false-reject-rate", "1.5"], "between 0 and 1 (exclusive), got 1.5"),
     ],
 )
 def test_usage_errors_exit_2(served, synthetic_category: Path, tmp_path: Path, capsys, case) -> None:
@@ -271,8 +366,14 @@ def test_models(served, exported, capsys) -> None:
     assert (entry["name"], entry["versions"], entry["default_version"]) == ("brick", [1], 1)
     assert entry["details"]["backbone"] == exported.metadata.backbone.name
     assert entry["details"]["image_auroc"] == pytest.approx(exported.metadata.evaluation.image_auroc)
+    calibration = exported.metadata.calibration
+    assert entry["details"]["calibration"]["method"] == calibration.method == "false_reject_rate"
+    assert entry["details"]["calibration"]["good_scores"]["values"] == list(calibration.good_scores.values)
     status, out, _ = run_cli(capsys, "models", "--server", served.address)
     assert status == 0 and "brick" in out and exported.metadata.backbone.name in out
+    assert f"false-reject rate {calibration.target_false_reject_rate:.2%}" in out
+    for warning in calibration.warnings:
+        assert f"warning: brick version 1: {warning}" in out.replace("\n", " ")
 
 
 def test_health(served, capsys) -> None:

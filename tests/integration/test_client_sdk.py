@@ -18,6 +18,7 @@ from PIL import Image
 from tests.conftest import TINY_IMAGE_SIZE
 from tests.load_harness import wait_until_steady
 from tests.server_harness import free_port, start_server
+from visinspect_api.calibration import expected_false_reject_rate, threshold_for_false_reject_rate
 from visinspect_client import (
     AsyncInspectionClient,
     DeadlineExceededError,
@@ -34,6 +35,8 @@ from visinspect_client import (
     ServerUnavailableError,
 )
 from visinspect_client.overlay import BOX_COLOR
+
+RATE = 0.5  # with the tiny model's 8 good calibration scores: g_(5), below the calibrated g_(8) (0.5)
 
 
 def first(folder: Path) -> Path:
@@ -91,6 +94,44 @@ def test_models_model_and_health(client: InspectionClient, exported) -> None:
         client.model("nope")
     with pytest.raises(NotFoundError):
         client.model("brick", 7)
+
+
+def test_details_carry_the_calibration_and_evaluation(client: InspectionClient, exported) -> None:
+    details = client.model()
+    metadata = exported.metadata
+    assert details.calibration == metadata.calibration  # the contract's type, every field through the proto
+    assert details.calibration.method == "false_reject_rate" and details.calibration.good_scores is not None
+    evaluation = metadata.evaluation
+    assert details.false_reject_rate == pytest.approx(evaluation.false_reject_rate)
+    assert details.defect_recall == pytest.approx(evaluation.defect_recall)
+    assert details.recall_by_defect_type == evaluation.recall_by_defect_type
+    assert details.pixel_aupro == pytest.approx(evaluation.pixel_aupro)
+
+
+def test_threshold_for_a_false_reject_rate_decides_as_the_calibration_says(
+    client: InspectionClient, synthetic_category: Path
+) -> None:
+    calibration = client.model().calibration
+    assert calibration.good_scores is not None
+    threshold = client.threshold_for_false_reject_rate(RATE, "brick", 1)
+    assert threshold == calibration.threshold_for_false_reject_rate(RATE) and 0.0 <= threshold < 0.5
+    raw_threshold = threshold_for_false_reject_rate(calibration.good_scores, RATE)
+
+    paths = sorted((synthetic_category / "test").rglob("*.png"))
+    results = [r for r in client.detect_many(paths, threshold=threshold) if isinstance(r, DetectionResult)]
+    assert len(results) == len(paths)
+    assert [r.threshold for r in results] == pytest.approx([threshold] * len(paths))  # a float in the response
+    rejected = {path for path, r in zip(paths, results, strict=True) if r.is_anomalous}
+    by_raw = {path for path, r in zip(paths, results, strict=True) if r.raw_score > raw_threshold}
+    assert rejected == by_raw
+
+    rates = client.expected_rates(threshold)
+    assert rates.threshold == threshold
+    assert rates.false_reject_rate == expected_false_reject_rate(calibration.good_scores, raw_threshold)
+    assert RATE - 1 / (calibration.good_scores.count + 1) < rates.false_reject_rate <= RATE
+    assert client.expected_rates() == client.model().expected_rates(0.5)
+    with pytest.raises(ValueError, match="model brick version 1: .*between 0 and 1"):
+        client.threshold_for_false_reject_rate(1.5)
 
 
 # --- detect: inputs and options --------------------------------------------------------------------
@@ -446,6 +487,10 @@ def test_async_client(served, synthetic_category: Path) -> None:
             assert await client.health("model/nope") == "SERVICE_UNKNOWN"
             assert [m.name for m in await client.models()] == ["brick"]
             assert (await client.model()).version == 1
+            assert await client.threshold_for_false_reject_rate(RATE) == sync_threshold
+            assert await client.expected_rates(sync_threshold, "brick", 1) == sync_rates
+            with pytest.raises(ValueError, match="between 0 and 1"):
+                await client.threshold_for_false_reject_rate(0.0)
             single = await client.detect(paths[0], anomaly_map=True, regions=True, request_id="a-1")
             assert single.request_id == "a-1" and single.anomaly_map is not None
             assert (await client.detect(rgb_of(paths[0]))).raw_score == single.raw_score
@@ -463,4 +508,6 @@ def test_async_client(served, synthetic_category: Path) -> None:
 
     with InspectionClient(served.address) as sync_client:
         sync_results = [sync_client.detect(path) for path in paths]
+        sync_threshold = sync_client.threshold_for_false_reject_rate(RATE)
+        sync_rates = sync_client.expected_rates(sync_threshold)
     asyncio.run(main())

@@ -4,12 +4,14 @@ response parsing, shared by the blocking and the asyncio clients."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
+from visinspect_api.calibration import ScoreSample
+from visinspect_api.model_repository import Calibration, DefectTypeRecall, ThresholdMethod
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_client import overlay
 from visinspect_client.inputs import ImageLike, image_input
-from visinspect_client.results import Calibration, DetectionResult, ModelDetails, ModelInfo, Region, Timing
+from visinspect_client.results import DetectionResult, ModelDetails, ModelInfo, Region, Timing
 
 SERVICE = pb.DESCRIPTOR.services_by_name["InspectionService"].full_name  # "visinspect.v1.InspectionService"
 
@@ -109,8 +111,7 @@ def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
 
 
 def model_details(description: pb.ModelDescription) -> ModelDetails:
-    """A ModelDescription as ModelDetails."""
-    c = description.calibration
+    """A ModelDescription as ModelDetails (fields an older server does not send become None or the F1 method)."""
     evaluation = description.evaluation if description.HasField("evaluation") else None
 
     def metric(name: str) -> float | None:
@@ -122,16 +123,7 @@ def model_details(description: pb.ModelDescription) -> ModelDetails:
         architecture=description.architecture,
         input_height=description.input.height,
         input_width=description.input.width,
-        calibration=Calibration(
-            image_threshold=c.image_threshold,
-            pixel_threshold=c.pixel_threshold,
-            image_min=c.image_min,
-            image_max=c.image_max,
-            pixel_min=c.pixel_min,
-            pixel_max=c.pixel_max,
-            source=c.source,
-            overlaps_test=c.overlaps_test,
-        ),
+        calibration=calibration(description.calibration),
         default_threshold=description.default_threshold,
         backbone=description.backbone,
         layers=tuple(description.layers),
@@ -146,7 +138,43 @@ def model_details(description: pb.ModelDescription) -> ModelDetails:
         pixel_auroc=metric("pixel_auroc"),
         evaluated_images=evaluation.num_images if evaluation is not None else None,
         evaluation_notes=tuple(evaluation.notes) if evaluation is not None else (),
+        false_reject_rate=metric("false_reject_rate"),
+        defect_recall=metric("defect_recall"),
+        pixel_aupro=metric("pixel_aupro"),
+        recall_by_defect_type={
+            r.name: DefectTypeRecall(caught=r.caught, total=r.total)
+            for r in (evaluation.recall_by_defect_type if evaluation is not None else ())
+        },
     )
+
+
+def calibration(spec: pb.CalibrationSpec) -> Calibration:
+    """A CalibrationSpec as the contract's Calibration (an empty method, from an older server, means F1)."""
+    return Calibration(
+        image_threshold=spec.image_threshold,
+        pixel_threshold=spec.pixel_threshold,
+        image_min=spec.image_min,
+        image_max=spec.image_max,
+        pixel_min=spec.pixel_min,
+        pixel_max=spec.pixel_max,
+        source=spec.source,
+        overlaps_test=spec.overlaps_test,
+        method=cast(ThresholdMethod, spec.method or "f1"),
+        target_false_reject_rate=spec.target_false_reject_rate if spec.HasField("target_false_reject_rate") else None,
+        good_scores=score_sample(spec, "good_scores"),
+        defect_scores=score_sample(spec, "defect_scores"),
+        warnings=tuple(spec.warnings),
+    )
+
+
+def score_sample(spec: pb.CalibrationSpec, name: str) -> ScoreSample | None:
+    """One of the spec's score distributions; None when absent or empty."""
+    if not spec.HasField(name):
+        return None
+    distribution: pb.ScoreDistribution = getattr(spec, name)
+    if distribution.count == 0:
+        return None
+    return ScoreSample(count=distribution.count, values=tuple(distribution.values))
 
 
 class DetectKwargs(TypedDict, total=False):

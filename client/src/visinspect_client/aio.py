@@ -40,7 +40,7 @@ from visinspect_client.connection import (
 )
 from visinspect_client.errors import VisInspectError, from_rpc_error
 from visinspect_client.inputs import ImageLike, describe
-from visinspect_client.results import DetectionFailure, DetectionResult, ModelDetails, ModelInfo
+from visinspect_client.results import DetectionFailure, DetectionResult, ExpectedRates, ModelDetails, ModelInfo
 
 Response = TypeVar("Response")
 
@@ -171,6 +171,19 @@ class AsyncInspectionClient:
         """One model version's details."""
         request = pb.DescribeModelRequest(model=name, model_version=version)
         return model_details(await self._call(self._stub.DescribeModel, request, timeout))
+
+    async def threshold_for_false_reject_rate(
+        self, rate: float, model: str = "", version: int = 0, *, timeout: float | None = None
+    ) -> float:
+        """The normalised threshold for a false-reject rate (see
+        :meth:`InspectionClient.threshold_for_false_reject_rate`)."""
+        return (await self.model(model, version, timeout=timeout)).threshold_for_false_reject_rate(rate)
+
+    async def expected_rates(
+        self, threshold: float | None = None, model: str = "", version: int = 0, *, timeout: float | None = None
+    ) -> ExpectedRates:
+        """The rates to expect at a normalised threshold (see :meth:`InspectionClient.expected_rates`)."""
+        return (await self.model(model, version, timeout=timeout)).expected_rates(threshold)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status of ``service`` (see :meth:`InspectionClient.health`)."""

@@ -23,7 +23,7 @@ from visinspect_client.client import InspectionClient
 from visinspect_client.connection import DEFAULT_TARGET, TlsConfig
 from visinspect_client.errors import VisInspectError
 from visinspect_client.evaluation import evaluate, mvtec_label, percentiles
-from visinspect_client.results import DetectionFailure, DetectionResult
+from visinspect_client.results import DetectionFailure, DetectionResult, ExpectedRates, ModelDetails
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif"})
@@ -89,7 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     predict.add_argument("--model", default="", help="model name (default: the server's only model)")
     predict.add_argument("--version", type=int, default=0, help="model version (default: the newest)")
-    predict.add_argument("--threshold", type=float, help="decision threshold on the normalised score, in [0, 1]")
+    choice = predict.add_mutually_exclusive_group()
+    choice.add_argument("--threshold", type=float, help="decision threshold on the normalised score, in [0, 1]")
+    choice.add_argument(
+        "--false-reject-rate",
+        type=float,
+        metavar="RATE",
+        help="use the threshold at which this share of good parts is expected to be rejected (0.005 = 0.5 %%), "
+        "from the model's calibration scores",
+    )
     predict.add_argument("--concurrency", type=int, default=4, help="calls in flight (default %(default)s)")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output on stdout")
     predict.add_argument("--overlays", type=Path, metavar="DIR", help="write one heat-map overlay PNG per image")
@@ -148,6 +156,7 @@ class Row:
             "score": result.score if result else None,
             "confidence": result.confidence if result else None,
             "raw_score": result.raw_score if result else None,
+            "threshold": result.threshold if result else None,
             "regions": len(result.regions) if result else None,
             "largest_region": box,
             "latency_ms": result.latency_ms if result else None,
@@ -216,6 +225,7 @@ def run_predict(args: argparse.Namespace, client: InspectionClient) -> int:
     paths = expand_paths(args.paths)
     overlay_targets = plan_overlays(paths, args.overlays) if args.overlays else {}
     details = client.model(args.model, args.version)  # checks the server, the model and the version up front
+    threshold = chosen_threshold(args, details)
     run = Run(rows=[Row(str(path), label=mvtec_label(path) if args.evaluate else None) for path in paths])
     err = Console(stderr=True)
     started = time.perf_counter()
@@ -227,7 +237,7 @@ def run_predict(args: argparse.Namespace, client: InspectionClient) -> int:
             concurrency=args.concurrency,
             model=details.name,
             version=details.version,  # one version for the whole batch, even if a newer one appears
-            threshold=args.threshold,
+            threshold=threshold,
             regions=True,
             anomaly_map=bool(args.overlays),
         )
@@ -242,11 +252,46 @@ def run_predict(args: argparse.Namespace, client: InspectionClient) -> int:
     run.wall_s = time.perf_counter() - started
     summary = run.summary(args.evaluate)
     summary["model"], summary["version"] = details.name, details.version
+    summary.update(threshold_summary(details, threshold, args.false_reject_rate))
     print_predictions(args.format, run, summary)
     failed = [row for row in run.rows if row.error is not None]
     for row in failed:
         print(f"failed: {row.path}: {row.error}", file=sys.stderr)
     return EXIT_FAILURES if failed else EXIT_OK
+
+
+def chosen_threshold(args: argparse.Namespace, details: ModelDetails) -> float | None:
+    """``--threshold``, or the threshold for ``--false-reject-rate`` (UsageError when the model cannot answer)."""
+    rate = args.false_reject_rate
+    if rate is None:
+        return args.threshold
+    try:
+        threshold = details.threshold_for_false_reject_rate(rate)
+    except ValueError as exc:
+        raise UsageError(f"--false-reject-rate {rate:g}: {exc}") from exc
+    smallest = details.calibration.smallest_resolvable_rate
+    if smallest is not None and rate < smallest:
+        print(
+            f"warning: --false-reject-rate {rate:g} is below the {smallest:.2%} that model {details.name} version "
+            f"{details.version}'s good calibration images can vouch for: using the highest good score's threshold",
+            file=sys.stderr,
+        )
+    return threshold
+
+
+def threshold_summary(details: ModelDetails, threshold: float | None, requested_rate: float | None) -> dict[str, Any]:
+    """The threshold applied and the false-reject rate and defect recall the calibration expects at it."""
+    applied = details.default_threshold if threshold is None else threshold
+    try:
+        rates = details.expected_rates(applied)
+    except ValueError:  # a --threshold outside [0, 1]: the server refuses every image and says why
+        rates = ExpectedRates(applied, None, None)
+    return {
+        "threshold": applied,
+        "requested_false_reject_rate": requested_rate,
+        "expected_false_reject_rate": rates.false_reject_rate,
+        "expected_defect_recall": rates.defect_recall,
+    }
 
 
 def write_overlay(row: Row, path: Path, result: DetectionResult, target: Path) -> None:
@@ -385,6 +430,8 @@ def summary_text(summary: dict[str, Any]) -> str:
         + (f" (anomaly rate {rate:.1%})" if rate is not None else ""),
         f"model {summary.get('model', '?')} version {summary.get('version', '?')}",
     ]
+    if "threshold" in summary:
+        lines.append(threshold_text(summary))
     latency = summary["latency_ms"]
     if latency:
         lines.append(
@@ -403,6 +450,20 @@ def summary_text(summary: dict[str, Any]) -> str:
                 f"FN {evaluation['false_negatives']}, TN {evaluation['true_negatives']})"
             )
     return "\n".join(lines)
+
+
+def threshold_text(summary: dict[str, Any]) -> str:
+    """The threshold line: where the threshold came from and the rates the calibration expects at it."""
+    requested = summary.get("requested_false_reject_rate")
+    source = "" if requested is None else f" (for a false-reject rate of {requested:.2%})"
+    expected = ", ".join(
+        f"{name} {'unknown' if value is None else f'{value:.2%}'}"
+        for name, value in (
+            ("false-reject rate", summary["expected_false_reject_rate"]),
+            ("defect recall", summary["expected_defect_recall"]),
+        )
+    )
+    return f"threshold {summary['threshold']:.4f}{source}; expected from calibration: {expected}"
 
 
 def stdout_console() -> Any:
@@ -433,8 +494,10 @@ def run_models(args: argparse.Namespace, client: InspectionClient) -> int:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table()
-    for name in ("model", "versions", "default", "input", "backbone", "precision", "image AUROC", "created"):
+    columns = ("model", "versions", "default", "input", "backbone", "precision", "threshold", "image AUROC", "created")
+    for name in columns:
         table.add_column(name)
+    warnings: list[str] = []
     for entry in entries:
         details = entry["details"]
         auroc = details["image_auroc"]
@@ -445,11 +508,24 @@ def run_models(args: argparse.Namespace, client: InspectionClient) -> int:
             f"{details['input_width']}x{details['input_height']}",
             details["backbone"],
             details["inference_precision"],
+            threshold_method(details["calibration"]),
             "" if auroc is None else f"{auroc:.4f}",
             details["created_at"],
         )
-    stdout_console().print(table)
+        warnings += [f"{entry['name']} version {details['version']}: {w}" for w in details["calibration"]["warnings"]]
+    console = stdout_console()
+    console.print(table)
+    for warning in warnings:
+        console.print(f"warning: {warning}", highlight=False)
     return EXIT_OK
+
+
+def threshold_method(calibration: dict[str, Any]) -> str:
+    """How the default threshold was set: ``false-reject rate 1.00%`` or ``F1``."""
+    target = calibration["target_false_reject_rate"]
+    if calibration["method"] == "false_reject_rate" and target is not None:
+        return f"false-reject rate {target:.2%}"
+    return "F1" if calibration["method"] == "f1" else str(calibration["method"])
 
 
 def run_health(args: argparse.Namespace, client: InspectionClient) -> int:

@@ -40,7 +40,7 @@ from visinspect_client.connection import (
 )
 from visinspect_client.errors import InvalidImageError, error_for, from_rpc_error
 from visinspect_client.inputs import ImageLike, describe
-from visinspect_client.results import DetectionFailure, DetectionResult, ModelDetails, ModelInfo
+from visinspect_client.results import DetectionFailure, DetectionResult, ExpectedRates, ModelDetails, ModelInfo
 
 Response = TypeVar("Response")
 DEFAULT_RETRY = RetryPolicy()
@@ -214,6 +214,24 @@ class InspectionClient:
         """One model version's details (``name`` may be empty when one model is served; version 0 = newest)."""
         request = pb.DescribeModelRequest(model=name, model_version=version)
         return model_details(self._call(self._stub.DescribeModel, request, timeout))
+
+    def threshold_for_false_reject_rate(
+        self, rate: float, model: str = "", version: int = 0, *, timeout: float | None = None
+    ) -> float:
+        """The normalised threshold (for :meth:`detect`'s ``threshold``) at which ``rate`` of the good parts are
+        expected to be rejected, from the model version's calibration scores (one DescribeModel call).
+
+        Raises ValueError when ``rate`` is not in (0, 1), when the model was exported without good calibration
+        scores, or when the threshold lies beyond the normalised scale.
+        """
+        return self.model(model, version, timeout=timeout).threshold_for_false_reject_rate(rate)
+
+    def expected_rates(
+        self, threshold: float | None = None, model: str = "", version: int = 0, *, timeout: float | None = None
+    ) -> ExpectedRates:
+        """The false-reject rate and defect recall to expect at a normalised ``threshold`` (None: the model's
+        default), from the model version's calibration scores (one DescribeModel call)."""
+        return self.model(model, version, timeout=timeout).expected_rates(threshold)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status of ``service`` ("" = the whole server, ``model/<name>`` = one model):

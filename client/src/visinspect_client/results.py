@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from visinspect_api.model_repository import Calibration, DefectTypeRecall, ExpectedRates
 from visinspect_client import overlay as _overlay
 from visinspect_client.errors import VisInspectError
 
@@ -128,22 +130,14 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class Calibration:
-    """Raw-score calibration fitted on validation data (raw thresholds are normalised to 0.5)."""
-
-    image_threshold: float
-    pixel_threshold: float
-    image_min: float
-    image_max: float
-    pixel_min: float
-    pixel_max: float
-    source: str
-    overlaps_test: bool
-
-
-@dataclass(frozen=True)
 class ModelDetails:
-    """One model version: input contract, calibration, backbone, evaluation metrics (None when absent)."""
+    """One model version: input contract, calibration, backbone, evaluation metrics (None when absent).
+
+    ``calibration`` is the contract's :class:`~visinspect_api.model_repository.Calibration`: its good and defect
+    score distributions answer :meth:`expected_rates` and :meth:`threshold_for_false_reject_rate`. The
+    evaluation metrics were measured on the test split at the calibrated threshold; ``recall_by_defect_type``
+    maps a defect type to the test images caught and their number.
+    """
 
     name: str
     version: int
@@ -165,15 +159,53 @@ class ModelDetails:
     pixel_auroc: float | None = None
     evaluated_images: int | None = None
     evaluation_notes: tuple[str, ...] = ()
+    false_reject_rate: float | None = None
+    defect_recall: float | None = None
+    pixel_aupro: float | None = None
+    recall_by_defect_type: Mapping[str, DefectTypeRecall] = field(default_factory=dict, hash=False)
+
+    def expected_rates(self, threshold: float | None = None) -> ExpectedRates:
+        """The false-reject rate and defect recall to expect at a normalised ``threshold`` (None: the default).
+
+        A rate is None when the calibration has no such scores (models exported before version 2 metadata).
+        Raises ValueError for a threshold outside [0, 1].
+        """
+        chosen = self.default_threshold if threshold is None else threshold
+        try:
+            return self.calibration.expected_rates(chosen)
+        except ValueError as exc:
+            raise ValueError(f"{self._label}: {exc}") from exc
+
+    def threshold_for_false_reject_rate(self, rate: float) -> float:
+        """The normalised threshold (a request's ``threshold``) at which ``rate`` of the good parts are expected
+        to be rejected.
+
+        Raises ValueError when ``rate`` is not in (0, 1), when the model has no good calibration scores
+        (exported before version 2 metadata), or when the threshold lies beyond the normalised scale.
+        """
+        try:
+            return self.calibration.threshold_for_false_reject_rate(rate)
+        except ValueError as exc:
+            raise ValueError(f"{self._label}: {exc}") from exc
+
+    @property
+    def _label(self) -> str:
+        return f"model {self.name} version {self.version}"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        data = asdict(self)
-        data["layers"] = list(self.layers)
-        data["evaluation_notes"] = list(self.evaluation_notes)
-        return data
+        """A JSON-serialisable dict (score distributions as ``{"count", "values"}``, tuples as lists)."""
+        return _json_ready(asdict(self))
 
 
 def asdict_shallow(instance: object) -> dict[str, Any]:
     """A dataclass's fields without recursing or copying arrays (``dataclasses.asdict`` deep-copies them)."""
     return {name: getattr(instance, name) for name in instance.__dataclass_fields__}  # type: ignore[attr-defined]
+
+
+def _json_ready(value: Any) -> Any:
+    """``dataclasses.asdict`` output with tuples turned into lists, recursively."""
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(item) for item in value]
+    return value
