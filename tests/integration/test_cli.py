@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,18 @@ def test_unwritable_repository_from_the_command_line(trained_run, tmp_path: Path
     assert done.stderr.strip().splitlines() == [
         f"error: cannot create model repository {blocker / 'repository'}: Not a directory"
     ]
+
+
+def test_evaluate_prints_the_metrics_and_writes_the_report(trained_run, exported, capsys) -> None:
+    status = main(["evaluate", str(exported.version_dir), "--run", str(trained_run.run_dir), "--json"])
+    captured = capsys.readouterr()
+    assert status == 0
+    metrics = json.loads(captured.out)
+    published = exported.metadata.evaluation
+    assert metrics["false_reject_rate"] == published.false_reject_rate
+    assert metrics["recall_by_defect_type"] == {
+        name: {"caught": found.caught, "total": found.total} for name, found in published.recall_by_defect_type.items()
+    }
+    report = trained_run.run_dir / "report-brick-v1.html"
+    assert f"report: {report}" in captured.err
+    assert "false-reject rate" in report.read_text(encoding="utf-8")

@@ -266,7 +266,7 @@ def _write_report(run_dir: Path, metadata: ModelMetadata, version: str, evaluati
         evaluation=evaluation,
         predictions=predictions,
     )
-    _console.print(f"report: {path}", highlight=False)
+    _console.print(f"report: {path}", highlight=False, soft_wrap=True)
     return path
 
 
