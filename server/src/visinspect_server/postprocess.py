@@ -18,6 +18,8 @@ from typing import Final, overload
 import cv2
 import numpy as np
 
+from visinspect_api.calibration import normalize_score
+
 MAX_REGIONS: Final[int] = 100
 """Most regions :func:`find_regions` returns: the largest ones. A noisy map can have thousands of specks
 (one per 2 x 2 block: 16,384 at 256 x 256), which would bloat every response for no use."""
@@ -87,11 +89,7 @@ def normalize(raw: np.ndarray | float, threshold: float, minimum: float, maximum
         out += cast(0.5)
         return np.clip(out, 0, 1, out=out)
 
-    value = float(raw)
-    value_range = maximum - minimum
-    if value_range == 0:
-        return 1.0 if value > threshold else 0.0 if value < threshold else 0.5
-    return min(max((value - threshold) / value_range + 0.5, 0.0), 1.0)
+    return normalize_score(float(raw), threshold, minimum, maximum)
 
 
 def confidence(score: float, threshold: float) -> float:

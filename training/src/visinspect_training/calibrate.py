@@ -7,7 +7,6 @@ servers compute. The rules are in :mod:`visinspect_api.calibration` and ``docs/c
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +18,6 @@ from visinspect_training.data import DatasetSpec, PreparedData
 from visinspect_training.defaults import DEFAULT_TARGET_FALSE_REJECT_RATE, DEFAULT_THRESHOLD_METHOD
 from visinspect_training.errors import ConfigError
 from visinspect_training.evaluate import Scored, score_images
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,8 +54,8 @@ def calibrate(
     loader = data.calibration_loader()
     good = score_images(compiled, loader) if loader is not None else None
     validation = score_images(compiled, data.datamodule.val_dataloader()) if len(data.datamodule.val_data) else None
-    defect_scores = _sample(validation, anomalous=True)
-    good_scores = _good_pool(good, validation)
+    defect_scores = _pooled((validation,), anomalous=True)
+    good_scores = _pooled((good, validation), anomalous=False)
     if options.method == "f1":
         if f1_calibration is None:
             raise ConfigError(
@@ -115,16 +112,9 @@ def resolution_warnings(num_good: int, rate: float) -> tuple[str, ...]:
     )
 
 
-def _sample(scored: Scored | None, anomalous: bool) -> ScoreSample | None:
-    if scored is None:
-        return None
-    chosen = scored.raw_scores[scored.is_anomalous == anomalous]
-    return ScoreSample.of(chosen.tolist()) if chosen.size else None
-
-
-def _good_pool(good: Scored | None, validation: Scored | None) -> ScoreSample | None:
-    """Raw scores of every good image that did not fit the model: calibration images and good validation images."""
-    pools = [s.raw_scores[~s.is_anomalous] for s in (good, validation) if s is not None]
+def _pooled(parts: tuple[Scored | None, ...], anomalous: bool) -> ScoreSample | None:
+    """Raw scores of the good (or defective) images of every scored part; None when there are none."""
+    pools = [s.raw_scores[s.is_anomalous == anomalous] for s in parts if s is not None]
     scores = np.concatenate(pools) if pools else np.zeros(0)
     return ScoreSample.of(scores.tolist()) if scores.size else None
 
