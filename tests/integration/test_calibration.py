@@ -1,46 +1,106 @@
-"""Thresholds from good images that fitted nothing: the held-out split, the rule, the recorded distributions."""
+"""Thresholds from good images no scoring model fitted: out of fold (default), held out, a folder; the rule."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import TINY_IMAGE_SIZE
 from visinspect_api.calibration import expected_false_reject_rate, threshold_for_false_reject_rate
 from visinspect_api.model_repository import IR_XML_FILENAME
 from visinspect_training.api import ExportOptions, export_run, train
 from visinspect_training.calibrate import ThresholdOptions, resolution_warnings
-from visinspect_training.data import build_datamodule
+from visinspect_training.crossfit import out_of_fold_scores
+from visinspect_training.data import build_datamodule, fold_assignment
 from visinspect_training.errors import ConfigError, TrainingError
-from visinspect_training.evaluate import score_images
-from visinspect_training.ir import compile_ir
+from visinspect_training.evaluate import score_images, to_uint8_nhwc
+from visinspect_training.ir import ContractInput, compile_ir, convert
 
 SIZE = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+FOLDS = 10  # the default
+TRAIN_IMAGES = 24  # tiny_config's good training images
+GOOD_VALIDATION = 4  # tiny_config's good images in the validation split
 
 
-def good_scores_from_the_ir(version_dir: Path, config) -> np.ndarray:
-    """Raw IR scores of every good image that fitted nothing: the held-out ones and the validation split's good."""
-    data = build_datamodule(config.dataset, SIZE)
-    compiled = compile_ir(version_dir / IR_XML_FILENAME, "f32")
-    held_out = score_images(compiled, data.calibration_loader()).raw_scores
-    validation = score_images(compiled, data.datamodule.val_dataloader())
-    return np.sort(np.concatenate([held_out, validation.raw_scores[~validation.is_anomalous]]))
-
-
-def test_held_out_good_images_do_not_fit_the_model(trained_run, exported) -> None:
-    counts = exported.metadata.dataset.counts
-    assert counts["calibration"] == round(0.15 * 24) == 4
-    assert counts["train"] == 20  # recorded after fitting: the trainer's own setup kept the split
+def fold_model_ir_scores(trained_run, fold: int) -> dict[str, float]:
+    """Raw IR scores of one fold's images under a PaDiM fitted, by anomalib's own code, on the other folds."""
     data = build_datamodule(trained_run.config.dataset, SIZE)
-    fitted = set(data.datamodule.train_data.samples["image_path"])
-    held_out = set(data.calibration.samples["image_path"])
-    assert len(fitted) == 20 and len(held_out) == 4 and not fitted & held_out
-    again = build_datamodule(trained_run.config.dataset, SIZE)
-    assert set(again.calibration.samples["image_path"]) == held_out  # seeded: the export finds the same images
+    train_data = data.datamodule.train_data
+    fold_of = fold_assignment(train_data, FOLDS, trained_run.config.dataset.seed)
+    fold_model = copy.deepcopy(trained_run.padim).train()
+    fold_model.memory_bank = []
+    normalise = ContractInput()
+    with torch.no_grad():
+        for batch in data.loader(train_data.subsample(np.flatnonzero(fold_of != fold).tolist())):
+            fold_model(normalise(torch.from_numpy(to_uint8_nhwc(batch.image))))  # training mode: into the bank
+    fold_model.fit()
+    ir_model, _, _ = convert(fold_model.eval(), TINY_IMAGE_SIZE)
+    compiled = compile_ir_in_memory(ir_model)
+    held = train_data.subsample(np.flatnonzero(fold_of == fold).tolist())
+    scored = score_images(compiled, data.loader(held))
+    return dict(zip(scored.paths, scored.raw_scores.tolist(), strict=True))
+
+
+def compile_ir_in_memory(model):
+    import openvino as ov
+
+    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def validation_good_scores(version_dir: Path, config) -> np.ndarray:
+    """The served IR's raw scores of the validation split's good images."""
+    data = build_datamodule(config.dataset, SIZE)
+    validation = score_images(compile_ir(version_dir / IR_XML_FILENAME, "f32"), data.datamodule.val_dataloader())
+    return validation.raw_scores[~validation.is_anomalous]
+
+
+def test_folds_are_seeded_balanced_and_independent_of_listing_order(trained_run) -> None:
+    train_data = build_datamodule(trained_run.config.dataset, SIZE).datamodule.train_data
+    fold_of = fold_assignment(train_data, FOLDS, seed=0)
+    assert sorted(np.bincount(fold_of).tolist()) == [2, 2, 2, 2, 2, 2, 3, 3, 3, 3]
+    reversed_listing = train_data.subsample(list(range(len(train_data)))[::-1])
+    paths = train_data.samples["image_path"].tolist()
+    again = dict(zip(reversed_listing.samples["image_path"], fold_assignment(reversed_listing, FOLDS, 0), strict=True))
+    assert [again[path] for path in paths] == fold_of.tolist()
+    assert fold_assignment(train_data, FOLDS, seed=1).tolist() != fold_of.tolist()
+
+
+def test_every_training_image_fits_the_served_model_and_is_scored_out_of_fold(trained_run, exported) -> None:
+    counts = exported.metadata.dataset.counts
+    assert (counts["train"], counts["calibration"]) == (TRAIN_IMAGES, 0)
+    data = build_datamodule(trained_run.config.dataset, SIZE)
+    oof = out_of_fold_scores(trained_run.padim, data, folds=FOLDS, seed=0, image_size=TINY_IMAGE_SIZE)
+    scores = dict(zip(oof.paths, oof.raw_scores.tolist(), strict=True))
+    assert len(scores) == TRAIN_IMAGES
+    for fold in (0, 3):
+        expected = fold_model_ir_scores(trained_run, fold)
+        got = np.array([scores[path] for path in expected])
+        np.testing.assert_allclose(got, list(expected.values()), rtol=1e-5)
+    # Each image scores higher out of fold than under the served model, which fitted it.
+    served = score_images(
+        compile_ir(exported.version_dir / IR_XML_FILENAME, "f32"), data.loader(data.datamodule.train_data)
+    )
+    in_fold = dict(zip(served.paths, served.raw_scores.tolist(), strict=True))
+    assert all(scores[path] > in_fold[path] for path in scores)
+
+
+def test_out_of_fold_scores_at_a_lower_precision_come_from_fold_irs(trained_run) -> None:
+    data = build_datamodule(trained_run.config.dataset, SIZE)
+    exact = out_of_fold_scores(trained_run.padim, data, folds=FOLDS, seed=0, image_size=TINY_IMAGE_SIZE)
+    rounded = out_of_fold_scores(
+        trained_run.padim, data, folds=FOLDS, seed=0, image_size=TINY_IMAGE_SIZE, ir_precision="FP16"
+    )
+    by_path = dict(zip(exact.paths, exact.raw_scores.tolist(), strict=True))
+    got = dict(zip(rounded.paths, rounded.raw_scores.tolist(), strict=True))
+    assert got.keys() == by_path.keys()
+    differences = np.array([abs(got[path] / by_path[path] - 1.0) for path in by_path])
+    assert 0.0 < differences.max() < 5e-3  # FP16 weights round the scores a little, never more
 
 
 def test_default_threshold_is_the_score_at_one_percent_on_good_images(trained_run, exported) -> None:
@@ -48,17 +108,22 @@ def test_default_threshold_is_the_score_at_one_percent_on_good_images(trained_ru
     assert calibration.method == "false_reject_rate"
     assert calibration.target_false_reject_rate == 0.01
     good = calibration.good_scores
-    assert good is not None and good.exact and good.count == 8  # 4 held out + 4 good validation images
-    np.testing.assert_allclose(
-        good.values, good_scores_from_the_ir(exported.version_dir, trained_run.config), rtol=1e-6
+    n = TRAIN_IMAGES + GOOD_VALIDATION
+    assert good is not None and good.exact and good.count == n
+    data = build_datamodule(trained_run.config.dataset, SIZE)
+    oof = out_of_fold_scores(trained_run.padim, data, folds=FOLDS, seed=0, image_size=TINY_IMAGE_SIZE).raw_scores
+    validation = validation_good_scores(exported.version_dir, trained_run.config)
+    np.testing.assert_allclose(good.values, np.sort(np.concatenate([oof, validation])), rtol=1e-6)
+    assert f"{TRAIN_IMAGES} good training images, each scored by a model fitted on the other 9 of 10 folds" in (
+        calibration.source
     )
-    # 8 images cannot resolve 1 %: the threshold is the highest good score, expected rate 1/9, and it says so.
+    # 28 images cannot resolve 1 %: the threshold is the highest good score, expected rate 1/29, and it says so.
     assert calibration.image_threshold == threshold_for_false_reject_rate(good, 0.01) == good.values[-1]
     assert calibration.pixel_threshold == calibration.image_threshold
-    assert calibration.smallest_resolvable_rate == pytest.approx(1 / 9)
-    assert calibration.expected_rates().false_reject_rate == pytest.approx(1 / 9)
+    assert calibration.smallest_resolvable_rate == pytest.approx(1 / (n + 1))
+    assert calibration.expected_rates().false_reject_rate == pytest.approx(1 / (n + 1))
     (warning,) = calibration.warnings
-    assert "below what 8 good calibration images can resolve (11.11% = 1/(n+1))" in warning
+    assert f"below what {n} good calibration images can resolve (3.45% = 1/(n+1))" in warning
     assert calibration.defect_scores is not None and calibration.defect_scores.count == 10  # validation defects
     assert calibration.image_min <= good.values[0] and calibration.image_max >= calibration.defect_scores.values[-1]
 
@@ -68,10 +133,10 @@ def test_a_resolvable_rate_lands_on_its_order_statistic(trained_run, tmp_path: P
     calibration = export_run(trained_run, tmp_path, options).metadata.calibration
     good = calibration.good_scores
     assert good is not None
-    # n = 8: k = floor(0.3 * 9) - 1 = 1 good score may lie above; expected rate (k + 1) / (n + 1) = 2/9.
-    assert sum(score > calibration.image_threshold for score in good.values) == 1
-    assert calibration.image_threshold == good.values[-2]
-    assert expected_false_reject_rate(good, calibration.image_threshold) == pytest.approx(2 / 9)
+    # n = 28: k = floor(0.3 * 29) - 1 = 7 good scores may lie above; expected rate (k + 1) / (n + 1) = 8/29.
+    assert sum(score > calibration.image_threshold for score in good.values) == 7
+    assert calibration.image_threshold == good.values[-8]
+    assert expected_false_reject_rate(good, calibration.image_threshold) == pytest.approx(8 / 29)
     assert calibration.warnings == ()
 
 
@@ -99,8 +164,27 @@ def test_f1_method_keeps_anomalibs_threshold_and_records_the_scores(trained_run,
     assert calibration.method == "f1"
     assert calibration.target_false_reject_rate is None
     assert calibration.image_threshold == trained_run.f1_calibration.image_threshold
-    assert calibration.good_scores is not None and calibration.good_scores.count == 8
+    assert calibration.good_scores is not None and calibration.good_scores.count == TRAIN_IMAGES + GOOD_VALIDATION
     assert calibration.expected_rates().false_reject_rate is not None
+
+
+def test_a_held_out_fraction_fits_neither_the_served_model_nor_anything_else(tiny_config, tmp_path: Path) -> None:
+    dataset = dataclasses.replace(tiny_config.dataset, calibration_fraction=0.15)
+    run = train(dataclasses.replace(tiny_config, dataset=dataset), tmp_path / "runs")
+    assert run.counts["calibration"] == round(0.15 * 24) == 4
+    assert run.counts["train"] == 20  # recorded after fitting: the trainer's own setup kept the split
+    data = build_datamodule(dataset, SIZE)
+    fitted = set(data.datamodule.train_data.samples["image_path"])
+    held_out = set(data.calibration.samples["image_path"])
+    assert len(fitted) == 20 and len(held_out) == 4 and not fitted & held_out
+    assert set(build_datamodule(dataset, SIZE).calibration.samples["image_path"]) == held_out  # seeded
+    calibration = export_run(run, tmp_path / "repository").metadata.calibration
+    assert calibration.good_scores is not None and calibration.good_scores.count == 4 + GOOD_VALIDATION
+    compiled = compile_ir_in_memory(convert(run.padim, TINY_IMAGE_SIZE)[0])
+    held = score_images(compiled, data.calibration_loader()).raw_scores
+    pool = np.sort(np.concatenate([held, validation_good_scores(tmp_path / "repository" / "brick" / "1", run.config)]))
+    np.testing.assert_allclose(calibration.good_scores.values, pool, rtol=1e-5)
+    assert "4 good training images held out from fitting (fraction 0.15, seed 0)" in calibration.source
 
 
 def test_a_calibration_folder_replaces_the_held_out_share(tiny_config, tmp_path: Path) -> None:
@@ -123,11 +207,31 @@ def test_a_calibration_folder_replaces_the_held_out_share(tiny_config, tmp_path:
         ({"calibration_fraction": 1.0}, r"calibration fraction must be in \[0, 1\)"),
         ({"calibration_fraction": 0.99}, "leaves none to fit"),
         ({"calibration_dir": Path("/nonexistent/calibration")}, "/nonexistent/calibration does not exist"),
+        ({"calibration_folds": 1}, "calibration folds must be 0 .off. or at least 2, got 1"),
+        ({"calibration_folds": -2}, "calibration folds must be 0 .off. or at least 2, got -2"),
     ],
 )
 def test_bad_calibration_settings_are_refused(tiny_config, changes: dict, message: str) -> None:
     with pytest.raises(TrainingError, match=message):
         build_datamodule(dataclasses.replace(tiny_config.dataset, **changes), SIZE)
+
+
+def test_too_few_training_images_for_the_folds_are_refused(trained_run) -> None:
+    train_data = build_datamodule(trained_run.config.dataset, SIZE).datamodule.train_data
+    with pytest.raises(ConfigError, match="3 good training images are too few for 2 calibration folds"):
+        fold_assignment(train_data.subsample([0, 1, 2]), 2, seed=0)
+    with pytest.raises(ConfigError, match="4 good training images are too few for 5 calibration folds"):
+        fold_assignment(train_data.subsample([0, 1, 2, 3]), 5, seed=0)
+    assert sorted(fold_assignment(train_data.subsample([0, 1, 2, 3]), 2, seed=0).tolist()) == [0, 0, 1, 1]
+    assert sorted(fold_assignment(train_data.subsample([0, 1, 2]), 3, seed=0).tolist()) == [0, 1, 2]
+
+
+def test_without_folds_or_held_out_images_only_the_validation_split_calibrates(trained_run, tmp_path: Path) -> None:
+    dataset = dataclasses.replace(trained_run.config.dataset, calibration_folds=0)
+    run = dataclasses.replace(trained_run, config=dataclasses.replace(trained_run.config, dataset=dataset))
+    calibration = export_run(run, tmp_path).metadata.calibration
+    assert calibration.good_scores is not None and calibration.good_scores.count == GOOD_VALIDATION
+    assert "training images" not in calibration.source
 
 
 @pytest.mark.parametrize("rate", [0.0, 1.0, -0.5])

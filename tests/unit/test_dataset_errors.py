@@ -50,7 +50,7 @@ def folders(tmp_path: Path) -> Path:
 def test_a_valid_folder_dataset_builds(folders: Path) -> None:
     data = build_datamodule(folder_spec(folders), SIZE)
     datamodule = data.datamodule
-    assert len(datamodule.train_data) == 5 and len(data.calibration) == 1  # round(0.15 * 6) held out
+    assert len(datamodule.train_data) == 6 and data.calibration is None  # out-of-fold calibration holds none out
     assert len(datamodule.val_data) + len(datamodule.test_data) == 8
 
 
@@ -137,7 +137,7 @@ def test_absent_mvtec_category_is_downloaded_when_reachable(tmp_path: Path, monk
         probe_download_server_at(monkeypatch, server.getsockname()[1])
         data = build_datamodule(DatasetSpec(kind="mvtec", root=tmp_path, category="bottle"), SIZE)
     assert mvtec_downloads == [(tmp_path, "bottle")]
-    assert len(data.datamodule.train_data) + len(data.calibration) == 6  # the "downloaded" category is the one read
+    assert len(data.datamodule.train_data) == 6  # the "downloaded" category is the one read
 
 
 def test_unknown_synthetic_texture(tmp_path: Path) -> None:

@@ -218,7 +218,9 @@ def test_every_image_is_an_embedded_png_and_nothing_is_fetched(page: str) -> Non
 
 
 def test_header_names_the_method_and_shows_warnings_and_notes(page: str) -> None:
-    assert "threshold at a 1.0 % false-reject rate on 30 good images that did not fit the model" in page
+    assert (
+        "threshold at a 1.0 % false-reject rate on 30 good images, each scored by a model that did not fit it" in page
+    )
     assert '<div class="warning">Warning: some warning: &lt;fewer&gt; than 99 good images &amp; more</div>' in page
     assert "no torch model given: export fidelity not measured" in page
 

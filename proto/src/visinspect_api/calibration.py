@@ -3,9 +3,10 @@
 The rules (derived and discussed in ``docs/calibration.md``, the one place they are written down):
 
 * A part is rejected when its raw score is strictly greater than the raw threshold ``t``.
-* ``g_(1) <= ... <= g_(n)`` are the raw scores of ``n`` good calibration images that did not fit the
-  model. For a new good image from the same process, ``P(score > g_(j)) = (n + 1 - j) / (n + 1)``
-  whatever the score distribution (exchangeability; ties only lower it).
+* ``g_(1) <= ... <= g_(n)`` are the raw scores of ``n`` good calibration images, each scored by a
+  model that did not fit it. For a new good image from the same process,
+  ``P(score > g_(j)) = (n + 1 - j) / (n + 1)`` whatever the score distribution (exchangeability; ties
+  only lower it; out-of-fold scores make it approximate, on the conservative side).
 * :func:`expected_false_reject_rate` of a threshold ``t`` is therefore ``(n + 1 - j) / (n + 1)`` with
   ``j = #{g_i <= t}``: an upper bound for thresholds between two calibration scores.
 * :func:`threshold_for_false_reject_rate` returns the lowest calibration score whose expected rate is

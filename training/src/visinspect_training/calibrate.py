@@ -1,7 +1,10 @@
 """Calibrate an exported IR: the thresholds, the normalisation range and the score distributions.
 
-Scores come from the IR at the precision servers will run it, so the thresholds hold for the scores
-servers compute. The rules are in :mod:`visinspect_api.calibration` and ``docs/calibration.md``.
+Good scores come from images the scoring model did not fit: the training images out of fold
+(``crossfit.py``, the default), or held-out training images, or a calibration folder, plus the
+validation split's good images. Scores carry the rounding of the precision servers run the IR at, so
+the thresholds hold for the scores servers compute. The rules are in
+:mod:`visinspect_api.calibration` and ``docs/calibration.md``.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import openvino as ov
+from anomalib.models.image.padim.torch_model import PadimModel
 
 from visinspect_api.calibration import ScoreSample, smallest_resolvable_rate, threshold_for_false_reject_rate
 from visinspect_api.model_repository import Calibration, ThresholdMethod
+from visinspect_training.crossfit import out_of_fold_scores
 from visinspect_training.data import DatasetSpec, PreparedData
 from visinspect_training.defaults import DEFAULT_TARGET_FALSE_REJECT_RATE, DEFAULT_THRESHOLD_METHOD
 from visinspect_training.errors import ConfigError
 from visinspect_training.evaluate import Scored, score_images
+from visinspect_training.ir import InferencePrecisionName, IrPrecisionName
 
 
 @dataclass(frozen=True)
@@ -36,23 +42,35 @@ class ThresholdOptions:
             )
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """The exported IR compiled as servers run it, the PaDiM module it came from, and its precisions."""
+
+    compiled: ov.CompiledModel
+    padim: PadimModel
+    image_size: int
+    ir_precision: IrPrecisionName = "FP32"
+    inference_precision: InferencePrecisionName = "f32"
+
+
 def calibrate(
-    compiled: ov.CompiledModel,
+    served: ServedModel,
     data: PreparedData,
     dataset: DatasetSpec,
     options: ThresholdOptions,
     f1_calibration: Calibration | None,
 ) -> Calibration:
-    """Score the good calibration images and the labelled validation split with the IR; set the thresholds.
+    """Score good images no scoring model fitted and the labelled validation split; set the thresholds.
 
-    The good scores are those of every image that fit nothing: the calibration images and the
-    validation split's good images. The defect scores are the validation split's defective images.
+    The good scores are the training images' out-of-fold scores (or the held-out or calibration-folder
+    images' scores) and the validation split's good images' scores. The defect scores are the
+    validation split's defective images'.
 
     ``f1_calibration`` is anomalib's F1-adaptive calibration of the run (None when the run had no
     labelled validation images); the ``f1`` method keeps its thresholds and normalisation.
     """
-    loader = data.calibration_loader()
-    good = score_images(compiled, loader) if loader is not None else None
+    good = _good_calibration_scores(served, data, dataset)
+    compiled = served.compiled
     validation = score_images(compiled, data.datamodule.val_dataloader()) if len(data.datamodule.val_data) else None
     defect_scores = _pooled((validation,), anomalous=True)
     good_scores = _pooled((good, validation), anomalous=False)
@@ -72,12 +90,13 @@ def calibrate(
         )
     if good_scores is None:
         raise ConfigError(
-            "a threshold by false-reject rate needs good images that did not fit the model: "
-            "set --calibration-fraction above 0, pass --calibration-dir, or add good test images"
+            "a threshold by false-reject rate needs good images scored by a model that did not fit them: "
+            "keep --calibration-folds at 2 or more, set --calibration-fraction above 0, pass --calibration-dir, "
+            "or add good test images"
         )
     rate = options.target_false_reject_rate
     threshold = threshold_for_false_reject_rate(good_scores, rate)
-    scored = [s for s in (good, validation) if s is not None]  # ranges over every image that fit nothing
+    scored = [s for s in (good, validation) if s is not None]  # ranges over every calibration image
     all_scores = np.concatenate([s.raw_scores for s in scored])
     return Calibration(
         image_threshold=threshold,
@@ -98,6 +117,23 @@ def calibrate(
     )
 
 
+def _good_calibration_scores(served: ServedModel, data: PreparedData, dataset: DatasetSpec) -> Scored | None:
+    loader = data.calibration_loader()
+    if loader is not None:
+        return score_images(served.compiled, loader)
+    if not dataset.cross_fitted:
+        return None
+    return out_of_fold_scores(
+        served.padim,
+        data,
+        folds=dataset.calibration_folds,
+        seed=dataset.seed,
+        image_size=served.image_size,
+        ir_precision=served.ir_precision,
+        precision=served.inference_precision,
+    )
+
+
 def resolution_warnings(num_good: int, rate: float) -> tuple[str, ...]:
     """A warning when ``num_good`` images cannot vouch for ``rate`` (below ``1 / (n + 1)``)."""
     smallest = smallest_resolvable_rate(num_good)
@@ -108,7 +144,7 @@ def resolution_warnings(num_good: int, rate: float) -> tuple[str, ...]:
         f"the target false-reject rate {rate:.2%} is below what {num_good} good calibration images can resolve "
         f"({smallest:.2%} = 1/(n+1)): the threshold is the highest good calibration score and about "
         f"{smallest:.1%} of good parts are expected to be rejected; give at least {needed} good calibration "
-        "images (--calibration-dir or a larger --calibration-fraction) to reach the target",
+        "images (more good training images, or --calibration-dir) to reach the target",
     )
 
 
@@ -123,7 +159,13 @@ def _source(dataset: DatasetSpec, good: Scored | None, validation: Scored | None
     parts = []
     if good is not None:
         count = len(good.paths)
-        if dataset.calibration_dir is not None:
+        if dataset.cross_fitted:
+            folds = dataset.calibration_folds
+            parts.append(
+                f"{count} good training images, each scored by a model fitted on the other {folds - 1} of "
+                f"{folds} folds (seed {dataset.seed}); the served model fits all of them"
+            )
+        elif dataset.calibration_dir is not None:
             parts.append(f"{count} good images in {dataset.calibration_dir}")
         else:
             parts.append(

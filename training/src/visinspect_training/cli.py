@@ -20,6 +20,7 @@ from rich_argparse import RichHelpFormatter
 from visinspect_api.model_repository import Evaluation, ModelMetadata, read_metadata
 from visinspect_training.defaults import (
     DEFAULT_BACKBONE,
+    DEFAULT_CALIBRATION_FOLDS,
     DEFAULT_CALIBRATION_FRACTION,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_LAYERS,
@@ -135,15 +136,23 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--val-ratio", type=float, default=0.5)
     group.add_argument(
+        "--calibration-folds",
+        type=int,
+        default=DEFAULT_CALIBRATION_FOLDS,
+        help="the threshold is set on every good training image, each scored by a model fitted on the other "
+        "folds; the served model fits them all (0: off)",
+    )
+    group.add_argument(
         "--calibration-fraction",
         type=float,
         default=DEFAULT_CALIBRATION_FRACTION,
-        help="share of the good training images held out from fitting to set the threshold (seeded)",
+        help="instead, hold this share of the good training images out of the served model and set the "
+        "threshold on them (seeded)",
     )
     group.add_argument(
         "--calibration-dir",
         type=Path,
-        help="good images that set the threshold instead (then every training image fits the model)",
+        help="instead, good images that set the threshold (every training image fits the model)",
     )
 
 
@@ -300,6 +309,7 @@ def _train(args: argparse.Namespace):  # noqa: ANN202 - TrainedRun, imported laz
         seed=args.seed,
         calibration_fraction=0.0 if args.calibration_dir else args.calibration_fraction,
         calibration_dir=args.calibration_dir,
+        calibration_folds=args.calibration_folds,
     )
     source = args.weights or ("file" if args.weights_file else "builtin")
     config = TrainConfig(

@@ -24,7 +24,7 @@ from anomalib.data.datasets.base.image import AnomalibDataset
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
-from visinspect_training.defaults import DEFAULT_CALIBRATION_FRACTION
+from visinspect_training.defaults import DEFAULT_CALIBRATION_FOLDS, DEFAULT_CALIBRATION_FRACTION
 from visinspect_training.errors import ConfigError, DatasetError
 from visinspect_training.preprocess import ContractResize
 from visinspect_training.synthetic import SyntheticSpec, SyntheticSpecError, generate_synthetic_dataset
@@ -46,9 +46,11 @@ class DatasetSpec:
     half of the test images into a validation split that evaluation never scores (honest F1);
     ``same_as_test`` fits them on the test images themselves (anomalib's MVTec default; optimistic F1).
 
-    Good calibration images (for thresholds by false-reject rate) never fit the model: a seeded
-    ``calibration_fraction`` of the good training images is held out, or, when ``calibration_dir`` is
-    given, all its images are used and every training image fits the model.
+    Good calibration scores (for thresholds by false-reject rate) come from images a model did not fit.
+    By default every good training image is scored out of fold: ``calibration_folds`` models, each
+    fitted on the other folds (``calibrate.py``), while the served model fits every training image.
+    Instead, a seeded ``calibration_fraction`` of the good training images can be held out from the
+    served model too, or, when ``calibration_dir`` is given, its images are scored by the served model.
     """
 
     kind: DatasetKindName
@@ -65,6 +67,7 @@ class DatasetSpec:
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
     calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION
     calibration_dir: Path | None = None
+    calibration_folds: int = DEFAULT_CALIBRATION_FOLDS
 
     @property
     def display_name(self) -> str:
@@ -92,25 +95,32 @@ class DatasetSpec:
         """True when the thresholds are fitted on the images evaluation scores."""
         return self.val_split == "same_as_test"
 
+    @property
+    def cross_fitted(self) -> bool:
+        """True when the good training images are scored out of fold (no hold-out, no calibration folder)."""
+        return self.calibration_dir is None and self.calibration_fraction == 0.0 and self.calibration_folds > 0
+
 
 @dataclass(frozen=True)
 class PreparedData:
-    """The datamodule (its training split without the calibration images) and the good calibration images."""
+    """The datamodule (its training split without held-out calibration images) and those images."""
 
     datamodule: AnomalibDataModule
     calibration: AnomalibDataset | None
 
     def calibration_loader(self) -> DataLoader | None:
-        """Batches of the good calibration images, as the test loader makes them."""
-        if self.calibration is None:
-            return None
-        loader = self.datamodule.test_dataloader()
+        """Batches of the held-out good calibration images, as the test loader makes them."""
+        return None if self.calibration is None else self.loader(self.calibration)
+
+    def loader(self, dataset: AnomalibDataset) -> DataLoader:
+        """Batches of ``dataset`` in order, as the test loader makes them."""
+        template = self.datamodule.test_dataloader()
         return DataLoader(
-            self.calibration,
-            batch_size=loader.batch_size,
+            dataset,
+            batch_size=template.batch_size,
             shuffle=False,
-            num_workers=loader.num_workers,
-            collate_fn=self.calibration.collate_fn,
+            num_workers=template.num_workers,
+            collate_fn=dataset.collate_fn,
         )
 
 
@@ -122,6 +132,8 @@ def build_datamodule(
         raise ConfigError(f"val ratio must be between 0 and 1, got {spec.val_ratio}")
     if not 0.0 <= spec.calibration_fraction < 1.0:
         raise ConfigError(f"calibration fraction must be in [0, 1), got {spec.calibration_fraction}")
+    if spec.calibration_folds == 1 or spec.calibration_folds < 0:
+        raise ConfigError(f"calibration folds must be 0 (off) or at least 2, got {spec.calibration_folds}")
     if spec.calibration_dir is not None:
         _require_images(spec.calibration_dir)
     common = {
@@ -141,6 +153,8 @@ def build_datamodule(
         datamodule = _folder(spec, common)
     datamodule.setup(TrainerFn.FITTING)  # as the trainer does: its own setup call then keeps these splits
     calibration = _hold_out_calibration(datamodule, spec)
+    if spec.cross_fitted:
+        fold_assignment(datamodule.train_data, spec.calibration_folds, spec.seed)  # refuse too few images now
     check_samples(datamodule, calibration)
     return PreparedData(datamodule, calibration)
 
@@ -158,11 +172,31 @@ def _hold_out_calibration(datamodule: AnomalibDataModule, spec: DatasetSpec) -> 
             f"holding out {held_out} of {total} good training images for calibration leaves none to fit: "
             "lower --calibration-fraction or pass --calibration-dir"
         )
-    order = np.argsort(train.samples["image_path"].to_numpy(dtype=str), kind="stable")  # independent of listing order
-    shuffled = order[np.random.default_rng(spec.seed).permutation(total)]
+    shuffled = seeded_order(train, spec.seed)
     calibration = train.subsample(sorted(shuffled[:held_out].tolist()))
     datamodule.train_data = train.subsample(sorted(shuffled[held_out:].tolist()))
     return calibration
+
+
+def seeded_order(dataset: AnomalibDataset, seed: int) -> np.ndarray:
+    """A seeded permutation of ``dataset``'s indices that does not depend on the order files were listed in."""
+    order = np.argsort(dataset.samples["image_path"].to_numpy(dtype=str), kind="stable")
+    return order[np.random.default_rng(seed).permutation(len(order))]
+
+
+def fold_assignment(dataset: AnomalibDataset, folds: int, seed: int) -> np.ndarray:
+    """The fold of each image of ``dataset`` (int [N]): seeded, balanced, independent of listing order."""
+    total = len(dataset)
+    if folds < 2:
+        raise ConfigError(f"cross-fitting needs at least 2 folds, got {folds}")
+    if folds > total or total - -(-total // folds) < 2:
+        raise ConfigError(
+            f"{total} good training images are too few for {folds} calibration folds (each fold needs an image "
+            "and each fold model at least 2 to fit): add images, lower --calibration-folds, or pass --calibration-dir"
+        )
+    fold_of = np.empty(total, dtype=np.int64)
+    fold_of[seeded_order(dataset, seed)] = np.arange(total) % folds
+    return fold_of
 
 
 def _folder_like(template: AnomalibDataset, folder: Path) -> AnomalibDataset:
@@ -304,7 +338,7 @@ def _decode(path: str, flags: int) -> np.ndarray | None:
 
 
 def split_counts(data: PreparedData) -> dict[str, int]:
-    """Image counts per split (``calibration``: good images that fit nothing); anomalous counts of val and test."""
+    """Image counts per split (``calibration``: held-out good images); anomalous counts of val and test."""
     counts: dict[str, int] = {}
     for split in ("train", "val", "test"):
         samples = getattr(data.datamodule, f"{split}_data").samples

@@ -19,7 +19,7 @@ from visinspect_api.model_repository import (
     write_metadata,
 )
 from visinspect_training import ir
-from visinspect_training.calibrate import ThresholdOptions, calibrate
+from visinspect_training.calibrate import ServedModel, ThresholdOptions, calibrate
 from visinspect_training.data import build_datamodule
 from visinspect_training.errors import ConfigError
 from visinspect_training.evaluate import TestPredictions, evaluate_test_split
@@ -71,7 +71,8 @@ class ExportResult:
 def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None = None) -> ExportResult:
     """Convert, calibrate, evaluate and atomically publish ``run`` as the model's next version.
 
-    The thresholds come from the IR's scores at the inference precision (``calibrate.py``).
+    The thresholds come from good images scored at the serving precisions by models that did not fit
+    them (``calibrate.py``).
     """
     options = options or ExportOptions()
     config = run.config
@@ -83,7 +84,14 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
         compiled = ir.compile_ir(xml_path, precision)  # type: ignore[arg-type]
         size = (config.image_size, config.image_size)
         data = build_datamodule(config.dataset, size, config.batch_size, config.num_workers)
-        calibration = calibrate(compiled, data, config.dataset, options.threshold, run.f1_calibration)
+        served = ServedModel(
+            compiled,
+            run.padim,
+            config.image_size,
+            options.ir_precision,  # type: ignore[arg-type]
+            precision,  # type: ignore[arg-type]
+        )
+        calibration = calibrate(served, data, config.dataset, options.threshold, run.f1_calibration)
         for warning in calibration.warnings:
             log.info("%s", warning)
         evaluation: Evaluation | None = None

@@ -38,7 +38,7 @@ InferencePrecisionName = Literal["f32", "bf16", "f16"]
 _FEATURES_PER_BLOCK = 25
 
 
-class _ContractInput(nn.Module):
+class ContractInput(nn.Module):
     """uint8 RGB NHWC in; ImageNet-normalised float NCHW for the backbone, computed inside the graph."""
 
     def __init__(self) -> None:
@@ -58,7 +58,7 @@ class AnomalibPadim(nn.Module):
     def __init__(self, padim: PadimModel) -> None:
         super().__init__()
         self.padim = padim.eval()
-        self.normalise = _ContractInput()
+        self.normalise = ContractInput()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         result = self.padim(self.normalise(images))
@@ -122,7 +122,7 @@ class ServingPadim(nn.Module):
         if padim.tiler is not None:
             raise ValueError("tiled PaDiM models are not supported by the export")
         self.padim = padim.eval()
-        self.normalise = _ContractInput()
+        self.normalise = ContractInput()
         inv_covariance = padim.gaussian.inv_covariance
         features = inv_covariance.shape[-1]
         self.distance = BlockTriangularMahalanobis(

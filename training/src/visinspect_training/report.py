@@ -146,7 +146,7 @@ def _method(calibration: Calibration) -> str:
     rate = calibration.target_false_reject_rate
     target = "a chosen" if rate is None else f"a {_percent(rate)}"
     images = "" if calibration.good_scores is None else f"{calibration.good_scores.count} "
-    return f"threshold at {target} false-reject rate on {images}good images that did not fit the model"
+    return f"threshold at {target} false-reject rate on {images}good images, each scored by a model that did not fit it"
 
 
 def _headline(calibration: Calibration, evaluation: Evaluation, outcome: _Outcome) -> str:
