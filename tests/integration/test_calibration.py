@@ -216,14 +216,23 @@ def test_bad_calibration_settings_are_refused(tiny_config, changes: dict, messag
         build_datamodule(dataclasses.replace(tiny_config.dataset, **changes), SIZE)
 
 
-def test_too_few_training_images_for_the_folds_are_refused(trained_run) -> None:
+def test_folds_become_leave_one_out_below_their_count_and_too_few_images_are_refused(trained_run) -> None:
     train_data = build_datamodule(trained_run.config.dataset, SIZE).datamodule.train_data
+    assert sorted(fold_assignment(train_data.subsample([0, 1, 2]), FOLDS, seed=0).tolist()) == [0, 1, 2]
+    assert sorted(fold_assignment(train_data.subsample([0, 1, 2, 3]), 2, seed=0).tolist()) == [0, 0, 1, 1]
+    with pytest.raises(ConfigError, match="2 good training images are too few for 2 calibration folds"):
+        fold_assignment(train_data.subsample([0, 1]), FOLDS, seed=0)
     with pytest.raises(ConfigError, match="3 good training images are too few for 2 calibration folds"):
         fold_assignment(train_data.subsample([0, 1, 2]), 2, seed=0)
-    with pytest.raises(ConfigError, match="4 good training images are too few for 5 calibration folds"):
-        fold_assignment(train_data.subsample([0, 1, 2, 3]), 5, seed=0)
-    assert sorted(fold_assignment(train_data.subsample([0, 1, 2, 3]), 2, seed=0).tolist()) == [0, 0, 1, 1]
-    assert sorted(fold_assignment(train_data.subsample([0, 1, 2]), 3, seed=0).tolist()) == [0, 1, 2]
+
+
+def test_leave_one_out_calibration_on_three_training_images(tiny_config, tmp_path: Path) -> None:
+    synthetic = dataclasses.replace(tiny_config.dataset.synthetic, n_train=3)
+    dataset = dataclasses.replace(tiny_config.dataset, root=tmp_path / "synthetic", synthetic=synthetic)
+    run = train(dataclasses.replace(tiny_config, dataset=dataset), tmp_path / "runs")
+    calibration = export_run(run, tmp_path / "repository").metadata.calibration
+    assert calibration.good_scores is not None and calibration.good_scores.count == 3 + GOOD_VALIDATION
+    assert "3 good training images, each scored by a model fitted on the other 2 of 3 folds" in calibration.source
 
 
 def test_without_folds_or_held_out_images_only_the_validation_split_calibrates(trained_run, tmp_path: Path) -> None:

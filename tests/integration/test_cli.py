@@ -56,7 +56,7 @@ def test_run_trains_exports_and_prints_the_evaluation(tmp_path: Path, capsys) ->
         (["--target-false-reject-rate", "0"], "target false-reject rate must be between 0 and 1"),
         (["--calibration-fraction", "1"], "calibration fraction must be in [0, 1)"),
         (["--calibration-folds", "1"], "calibration folds must be 0 (off) or at least 2, got 1"),
-        (["--calibration-folds", "61"], "60 good training images are too few for 61 calibration folds"),
+        (["--calibration-folds", "-1"], "calibration folds must be 0 (off) or at least 2, got -1"),
         (["--calibration-dir", "/nonexistent/cal"], "dataset folder /nonexistent/cal does not exist"),
         (
             ["--dataset", "folder", "--normal-dir", "/nonexistent/good"],

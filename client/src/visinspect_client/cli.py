@@ -516,7 +516,7 @@ def run_models(args: argparse.Namespace, client: InspectionClient) -> int:
     console = stdout_console()
     console.print(table)
     for warning in warnings:
-        console.print(f"warning: {warning}", highlight=False)
+        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)  # one line each, for grep
     return EXIT_OK
 
 

@@ -160,7 +160,7 @@ def _source(dataset: DatasetSpec, good: Scored | None, validation: Scored | None
     if good is not None:
         count = len(good.paths)
         if dataset.cross_fitted:
-            folds = dataset.calibration_folds
+            folds = min(dataset.calibration_folds, count)  # leave one out below that many images
             parts.append(
                 f"{count} good training images, each scored by a model fitted on the other {folds - 1} of "
                 f"{folds} folds (seed {dataset.seed}); the served model fits all of them"

@@ -140,7 +140,7 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_CALIBRATION_FOLDS,
         help="the threshold is set on every good training image, each scored by a model fitted on the other "
-        "folds; the served model fits them all (0: off)",
+        "folds (leave one out below that many images); the served model fits them all (0: off)",
     )
     group.add_argument(
         "--calibration-fraction",

@@ -47,7 +47,7 @@ def out_of_fold_scores(
     fold_of = fold_assignment(dataset, folds, seed)
     embeddings = _embeddings(padim, data, dataset)
     scored = Scored()
-    for fold in range(folds):
+    for fold in range(int(fold_of.max()) + 1):
         held = np.flatnonzero(fold_of == fold)
         gaussian = MultiVariateGaussian()
         gaussian.fit(embeddings[torch.from_numpy(fold_of != fold)])

@@ -185,14 +185,18 @@ def seeded_order(dataset: AnomalibDataset, seed: int) -> np.ndarray:
 
 
 def fold_assignment(dataset: AnomalibDataset, folds: int, seed: int) -> np.ndarray:
-    """The fold of each image of ``dataset`` (int [N]): seeded, balanced, independent of listing order."""
+    """The fold of each image of ``dataset`` (int [N]): seeded, balanced, independent of listing order.
+
+    With fewer images than ``folds`` every image is its own fold (leave one out).
+    """
     total = len(dataset)
     if folds < 2:
         raise ConfigError(f"cross-fitting needs at least 2 folds, got {folds}")
-    if folds > total or total - -(-total // folds) < 2:
+    folds = min(folds, total)
+    if total - -(-total // folds) < 2:
         raise ConfigError(
-            f"{total} good training images are too few for {folds} calibration folds (each fold needs an image "
-            "and each fold model at least 2 to fit): add images, lower --calibration-folds, or pass --calibration-dir"
+            f"{total} good training images are too few for {folds} calibration folds (each fold model must fit "
+            "at least 2): add images, raise --calibration-folds, or pass --calibration-dir"
         )
     fold_of = np.empty(total, dtype=np.int64)
     fold_of[seeded_order(dataset, seed)] = np.arange(total) % folds
