@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
 import pytest
 import torch
 
@@ -47,9 +48,7 @@ def fold_model_ir_scores(trained_run, fold: int) -> dict[str, float]:
     return dict(zip(scored.paths, scored.raw_scores.tolist(), strict=True))
 
 
-def compile_ir_in_memory(model):
-    import openvino as ov
-
+def compile_ir_in_memory(model: ov.Model) -> ov.CompiledModel:
     return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 

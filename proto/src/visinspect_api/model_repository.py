@@ -97,9 +97,10 @@ class Calibration:
     A raw score s normalises to ``clamp((s - threshold) / (max - min) + 0.5, 0, 1)``, so the
     calibrated threshold is 0.5 on the normalised scale. ``method`` says what set the threshold:
     ``false_reject_rate`` (the score at ``target_false_reject_rate`` on good images, each scored by a
-    model that did not fit it; see :mod:`visinspect_api.calibration`) or ``f1`` (anomalib's F1-adaptive threshold on
-    a labelled validation split). ``good_scores`` and ``defect_scores`` are raw image scores of the
-    calibration images; they let a client compute the rates to expect at any threshold.
+    model that did not fit it; see :mod:`visinspect_api.calibration`) or ``f1`` (anomalib's
+    F1-adaptive threshold on a labelled validation split). ``good_scores`` and ``defect_scores`` are raw
+    image scores of the calibration images; they let a client compute the rates to expect at any
+    threshold.
     """
 
     image_threshold: float

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,22 +45,19 @@ def out_of_fold_scores(
     dataset = data.datamodule.train_data
     fold_of = fold_assignment(dataset, folds, seed)
     embeddings = _embeddings(padim, data, dataset)
+    paths = dataset.samples["image_path"].to_numpy(dtype=str)
     scored = Scored()
     for fold in range(int(fold_of.max()) + 1):
         held = np.flatnonzero(fold_of == fold)
         gaussian = MultiVariateGaussian()
         gaussian.fit(embeddings[torch.from_numpy(fold_of != fold)])
         if ir_precision == "FP32" and precision == "f32":
-            part = _torch_scores(padim, gaussian, embeddings[torch.from_numpy(held)], image_size)
-            part.paths.extend(str(dataset.samples["image_path"].iloc[i]) for i in held)
+            _score_in_torch(
+                padim, gaussian, embeddings=embeddings, indices=held, paths=paths, image_size=image_size, into=scored
+            )
         else:
             compiled = _compiled_fold(padim, gaussian, image_size, ir_precision, precision)
-            part = score_images(compiled, data.loader(dataset.subsample(held.tolist())))
-        scored.paths.extend(part.paths)
-        scored.scores.extend(part.scores)
-        scored.labels.extend(part.labels)
-        scored.map_min = min(scored.map_min, part.map_min)
-        scored.map_max = max(scored.map_max, part.map_max)
+            scored.extend(score_images(compiled, data.loader(dataset.subsample(held.tolist()))))
     return scored
 
 
@@ -82,29 +78,30 @@ def _embeddings(padim: PadimModel, data: PreparedData, dataset: AnomalibDataset)
     return embeddings
 
 
-def _torch_scores(
-    padim: PadimModel, gaussian: MultiVariateGaussian, embeddings: torch.Tensor, image_size: int, batch: int = 32
-) -> Scored:
-    """Scores and anomaly-map range of ``embeddings`` under ``gaussian``, by anomalib's computation (no paths)."""
-    scored = Scored()
+def _score_in_torch(
+    padim: PadimModel,
+    gaussian: MultiVariateGaussian,
+    *,
+    embeddings: torch.Tensor,
+    indices: np.ndarray,
+    paths: np.ndarray,
+    image_size: int,
+    into: Scored,
+    batch: int = 32,
+) -> None:
+    """Score the images at ``indices`` under ``gaussian`` with anomalib's anomaly-map computation."""
     with torch.no_grad():
-        for chunk in _chunks(embeddings, batch):
+        for start in range(0, len(indices), batch):
+            chosen = indices[start : start + batch]
             maps = padim.anomaly_map_generator(
-                embedding=chunk,
+                embedding=embeddings[torch.from_numpy(chosen)],
                 mean=gaussian.mean,
                 inv_covariance=gaussian.inv_covariance,
                 image_size=(image_size, image_size),
             )
-            scored.scores.append(torch.amax(maps, dim=(-3, -2, -1)).numpy().astype(np.float32))
-            scored.labels.append(np.zeros(chunk.shape[0], dtype=bool))
-            scored.map_min = min(scored.map_min, float(maps.min()))
-            scored.map_max = max(scored.map_max, float(maps.max()))
-    return scored
-
-
-def _chunks(tensor: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
-    for start in range(0, tensor.shape[0], size):
-        yield tensor[start : start + size]
+            scores = torch.amax(maps, dim=(-3, -2, -1)).numpy().astype(np.float32)
+            labels = np.zeros(len(chosen), dtype=bool)
+            into.record(paths[chosen].tolist(), scores, labels, float(maps.min()), float(maps.max()))
 
 
 def _compiled_fold(

@@ -39,6 +39,20 @@ class Scored:
     map_min: float = float("inf")
     map_max: float = float("-inf")
 
+    def record(
+        self, paths: Iterable[str], scores: np.ndarray, labels: np.ndarray, map_min: float, map_max: float
+    ) -> None:
+        """Add a batch: its paths, raw scores, labels and the value range of its anomaly maps."""
+        self.paths.extend(paths)
+        self.scores.append(scores)
+        self.labels.append(labels)
+        self.map_min = min(self.map_min, map_min)
+        self.map_max = max(self.map_max, map_max)
+
+    def extend(self, other: Scored) -> None:
+        """Add every image of ``other`` (its scores, labels and map range; not its maps)."""
+        self.record(other.paths, other.raw_scores, other.is_anomalous, other.map_min, other.map_max)
+
     @property
     def raw_scores(self) -> np.ndarray:
         """All raw image scores, float32 [N]."""
@@ -75,11 +89,8 @@ def score_images(
     for batch in batches:
         images = to_uint8_nhwc(batch.image)
         maps, scores = infer(compiled, images)
-        got.paths.extend(str(path) for path in batch.image_path)
-        got.scores.append(scores)
-        got.labels.append(batch.gt_label.numpy().astype(bool))
-        got.map_min = min(got.map_min, float(maps.min()))
-        got.map_max = max(got.map_max, float(maps.max()))
+        labels = batch.gt_label.numpy().astype(bool)
+        got.record(map(str, batch.image_path), scores, labels, float(maps.min()), float(maps.max()))
         if keep_maps:
             got.maps.append(maps)
             if batch.gt_mask is not None:
