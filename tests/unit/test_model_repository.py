@@ -146,7 +146,7 @@ def mutate(path: str, value, delete: bool = False) -> str:
         ("surprise", 1, False, "unknown field surprise"),
         ("calibration.surprise", 1, False, "unknown field calibration.surprise"),
         ("evaluation", "good", False, "evaluation must be an object"),
-        ("schema_version", 3, False, "unsupported schema_version 3"),
+        ("schema_version", 4, False, "unsupported schema_version 4"),
         ("calibration.good_scores", {"count": 2, "values": [2.0, 1.0]}, False, "calibration.good_scores: .*ascending"),
         ("calibration.good_scores", {"count": 2}, False, "missing field calibration.good_scores.values"),
         ("calibration.target_false_reject_rate", 1.5, False, "target_false_reject_rate must be between 0 and 1"),

@@ -133,6 +133,7 @@ def model_details(description: pb.ModelDescription) -> ModelDetails:
         ir_precision=description.ir_precision,
         dataset=description.dataset,
         created_at=description.created_at,
+        parameters=dict(sorted(description.parameters.items())),
         image_auroc=metric("image_auroc"),
         image_f1=metric("image_f1"),
         pixel_auroc=metric("pixel_auroc"),

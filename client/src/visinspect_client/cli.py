@@ -494,9 +494,13 @@ def run_models(args: argparse.Namespace, client: InspectionClient) -> int:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table()
-    columns = ("model", "versions", "default", "input", "backbone", "precision", "threshold", "image AUROC", "created")
+    columns = (
+        "model", "versions", "default", "architecture", "input", "backbone", "precision", "threshold", "image AUROC",
+        "created",
+    )  # fmt: skip
     for name in columns:
         table.add_column(name)
+    parameters: list[str] = []
     warnings: list[str] = []
     for entry in entries:
         details = entry["details"]
@@ -505,6 +509,7 @@ def run_models(args: argparse.Namespace, client: InspectionClient) -> int:
             entry["name"],
             ", ".join(map(str, entry["versions"])),
             str(entry["default_version"]),
+            details["architecture"],
             f"{details['input_width']}x{details['input_height']}",
             details["backbone"],
             details["inference_precision"],
@@ -512,12 +517,24 @@ def run_models(args: argparse.Namespace, client: InspectionClient) -> int:
             "" if auroc is None else f"{auroc:.4f}",
             details["created_at"],
         )
-        warnings += [f"{entry['name']} version {details['version']}: {w}" for w in details["calibration"]["warnings"]]
+        label = f"{entry['name']} version {details['version']}"
+        if details["parameters"]:
+            parameters.append(f"{label} ({details['architecture']}): {parameters_text(details['parameters'])}")
+        warnings += [f"{label}: {w}" for w in details["calibration"]["warnings"]]
     console = stdout_console()
     console.print(table)
+    for line in parameters:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     for warning in warnings:
         console.print(f"warning: {warning}", highlight=False, soft_wrap=True)  # one line each, for grep
     return EXIT_OK
+
+
+def parameters_text(parameters: dict[str, float]) -> str:
+    """An architecture's parameters as ``name=value`` pairs, whole numbers without a decimal point."""
+    return ", ".join(
+        f"{name}={int(value) if float(value).is_integer() else value!r}" for name, value in parameters.items()
+    )
 
 
 def threshold_method(calibration: dict[str, Any]) -> str:

@@ -131,12 +131,15 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class ModelDetails:
-    """One model version: input contract, calibration, backbone, evaluation metrics (None when absent).
+    """One model version: architecture, input contract, calibration, backbone, evaluation metrics (None when absent).
 
-    ``calibration`` is the contract's :class:`~visinspect_api.model_repository.Calibration`: its good and defect
-    score distributions answer :meth:`expected_rates` and :meth:`threshold_for_false_reject_rate`. The
-    evaluation metrics were measured on the test split at the calibrated threshold; ``recall_by_defect_type``
-    maps a defect type to the test images caught and their number.
+    ``architecture`` is ``"padim"`` or ``"patchcore"``; ``parameters`` are its numeric parameters by name (for
+    example ``n_features``, or ``coreset_ratio`` and ``num_neighbors``), empty for models exported before version 3
+    metadata or described by an older server. ``calibration`` is the contract's
+    :class:`~visinspect_api.model_repository.Calibration`: its good and defect score distributions answer
+    :meth:`expected_rates` and :meth:`threshold_for_false_reject_rate`. The evaluation metrics were measured on
+    the test split at the calibrated threshold; ``recall_by_defect_type`` maps a defect type to the test images
+    caught and their number.
     """
 
     name: str
@@ -163,6 +166,7 @@ class ModelDetails:
     defect_recall: float | None = None
     pixel_aupro: float | None = None
     recall_by_defect_type: Mapping[str, DefectTypeRecall] = field(default_factory=dict, hash=False)
+    parameters: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     def expected_rates(self, threshold: float | None = None) -> ExpectedRates:
         """The false-reject rate and defect recall to expect at a normalised ``threshold`` (None: the default).

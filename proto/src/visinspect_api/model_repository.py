@@ -36,14 +36,17 @@ from visinspect_api.calibration import (
     threshold_for_false_reject_rate,
 )
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)  # 1: F1 thresholds only, no score distributions
+SCHEMA_VERSION = 3
+# 1: F1 thresholds only, no score distributions; 2: thresholds by false-reject rate, calibration score
+# distributions; 3: ``architecture`` may be "patchcore", and ``parameters`` holds the family's numeric parameters.
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 METADATA_FILENAME = "visinspect-metadata.json"
 IR_XML_FILENAME = "model.xml"
 IR_BIN_FILENAME = "model.bin"
 OVMS_CONFIG_FILENAME = "config.json"
 STAGING_DIRNAME = ".staging"
 
+ArchitectureName = Literal["padim", "patchcore"]
 InferencePrecision = Literal["f32", "bf16", "f16"]
 IrPrecision = Literal["FP32", "FP16"]
 WeightsSource = Literal["builtin", "hub", "file", "random"]
@@ -78,7 +81,9 @@ class OutputContract:
     """Names of the IR's raw (un-normalised) outputs."""
 
     anomaly_map: str = "anomaly_map"  # float32 [N, 1, H, W], same H, W as the input
-    pred_score: str = "pred_score"  # float32 [N], the maximum of the anomaly map
+    # float32 [N], the raw image score (PaDiM: the anomaly map's maximum; PatchCore: anomalib's re-weighted
+    # patch distance)
+    pred_score: str = "pred_score"
 
 
 @dataclass(frozen=True)
@@ -223,7 +228,11 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class ModelMetadata:
-    """Everything the server needs besides the IR itself, for one model version."""
+    """Everything the server needs besides the IR itself, for one model version.
+
+    ``parameters`` are the architecture's numeric parameters, by name (PaDiM: ``n_features``; PatchCore:
+    ``coreset_ratio``, ``num_neighbors``, ``memory_bank_size``, ``embedding_dim``); empty before schema 3.
+    """
 
     model_name: str
     created_at: str
@@ -237,7 +246,8 @@ class ModelMetadata:
     ir_bin_sha256: str
     software: Mapping[str, str]
     evaluation: Evaluation | None = None
-    architecture: Literal["padim"] = "padim"
+    architecture: ArchitectureName = "padim"
+    parameters: Mapping[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -333,10 +343,19 @@ def _check_semantics(metadata: ModelMetadata) -> None:
         raise MetadataError("a false_reject_rate calibration needs target_false_reject_rate and good_scores")
     if metadata.backbone.n_features < 1 or not metadata.backbone.layers:
         raise MetadataError("backbone needs at least one layer and n_features >= 1")
+    _check_parameters(metadata.parameters)
     digests = {"ir_bin_sha256": metadata.ir_bin_sha256, "backbone.weights_sha256": metadata.backbone.weights_sha256}
     for name, digest in digests.items():
         if digest is not None and not _SHA256.match(digest):
             raise MetadataError(f"{name} must be 64 lowercase hex digits")
+
+
+def _check_parameters(parameters: Mapping[str, float]) -> None:
+    for name, value in parameters.items():
+        if not name:
+            raise MetadataError("parameters must not have an empty name")
+        if not math.isfinite(value):
+            raise MetadataError(f"parameters.{name} must be a finite number")
 
 
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:

@@ -129,6 +129,7 @@ def model_description(metadata: ModelMetadata, version: int) -> pb.ModelDescript
         ir_precision=metadata.ir_precision,
         dataset=metadata.dataset.name,
         created_at=metadata.created_at,
+        parameters=metadata.parameters,
     )
     evaluation = metadata.evaluation
     if evaluation is not None:

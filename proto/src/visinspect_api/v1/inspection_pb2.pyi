@@ -286,7 +286,14 @@ class EvaluationMetrics(_message.Message):
     def __init__(self, num_images: _Optional[int] = ..., num_anomalous: _Optional[int] = ..., image_auroc: _Optional[float] = ..., image_f1: _Optional[float] = ..., pixel_auroc: _Optional[float] = ..., max_rel_score_diff_vs_torch: _Optional[float] = ..., inference_precision: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ..., false_reject_rate: _Optional[float] = ..., defect_recall: _Optional[float] = ..., recall_by_defect_type: _Optional[_Iterable[_Union[DefectTypeRecall, _Mapping]]] = ..., pixel_aupro: _Optional[float] = ...) -> None: ...
 
 class ModelDescription(_message.Message):
-    __slots__ = ("name", "version", "architecture", "input", "calibration", "default_threshold", "backbone", "layers", "n_features", "weights", "inference_precision", "ir_precision", "dataset", "evaluation", "created_at")
+    __slots__ = ("name", "version", "architecture", "input", "calibration", "default_threshold", "backbone", "layers", "n_features", "weights", "inference_precision", "ir_precision", "dataset", "evaluation", "created_at", "parameters")
+    class ParametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -302,6 +309,7 @@ class ModelDescription(_message.Message):
     DATASET_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     architecture: str
@@ -317,4 +325,5 @@ class ModelDescription(_message.Message):
     dataset: str
     evaluation: EvaluationMetrics
     created_at: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., architecture: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., calibration: _Optional[_Union[CalibrationSpec, _Mapping]] = ..., default_threshold: _Optional[float] = ..., backbone: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., n_features: _Optional[int] = ..., weights: _Optional[str] = ..., inference_precision: _Optional[str] = ..., ir_precision: _Optional[str] = ..., dataset: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationMetrics, _Mapping]] = ..., created_at: _Optional[str] = ...) -> None: ...
+    parameters: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., architecture: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., calibration: _Optional[_Union[CalibrationSpec, _Mapping]] = ..., default_threshold: _Optional[float] = ..., backbone: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., n_features: _Optional[int] = ..., weights: _Optional[str] = ..., inference_precision: _Optional[str] = ..., ir_precision: _Optional[str] = ..., dataset: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationMetrics, _Mapping]] = ..., created_at: _Optional[str] = ..., parameters: _Optional[_Mapping[str, float]] = ...) -> None: ...

@@ -86,7 +86,8 @@ class InspectionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DescribeModel(self, request, context):
-        """One model version's input contract, calibration, backbone and evaluation metrics.
+        """One model version's architecture and its parameters, input contract, calibration, backbone and
+        evaluation metrics.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
