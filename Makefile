@@ -29,7 +29,8 @@ $(KSTAMP):
 	$(KVENV)/bin/pip install --quiet "kserve==0.21.0" "openvino==2026.4.*" numpy
 	touch $@
 
-# DATASET=mvtec CATEGORY=bottle trains on MVTec AD instead (downloaded where the network allows).
+# DATASET=mvtec CATEGORY=bottle trains on MVTec AD instead (downloaded where the network allows);
+# MODEL=patchcore fits PatchCore instead of PaDiM.
 demo: install
 	$(BIN)/python scripts/demo.py
 

@@ -1,7 +1,8 @@
 """The one-command demo (``make demo``): dataset → train → export → serve → score with the CLI.
 
 Offline by default on the built-in synthetic dataset; ``DATASET=mvtec CATEGORY=bottle`` trains on MVTec
-AD instead (downloaded by anomalib where the network allows). A model already in the repository for the
+AD instead (downloaded by anomalib where the network allows); ``MODEL=patchcore`` fits PatchCore instead of
+PaDiM (as the model ``<category>-patchcore``). A model already in the repository for the
 category is reused, so a second run only serves and scores (``--retrain`` forces training).
 """
 
@@ -23,6 +24,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default=os.environ.get("DATASET") or "synthetic", choices=("synthetic", "mvtec"))
     parser.add_argument("--category", default=os.environ.get("CATEGORY") or None)
+    parser.add_argument("--model", default=os.environ.get("MODEL") or "padim", choices=("padim", "patchcore"))
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--output", type=Path, default=Path("demo-output"))
@@ -30,20 +32,22 @@ def main() -> int:
     args = parser.parse_args()
     category = args.category or ("brick" if args.dataset == "synthetic" else "bottle")
     data_root = args.data_root or Path("data/synthetic" if args.dataset == "synthetic" else "datasets/MVTecAD")
+    name = category if args.model == "padim" else f"{category}-{args.model}"
 
-    if args.retrain or not list_versions(args.repository / category):
-        step(f"training on {args.dataset}/{category} and exporting to {args.repository}")
+    if args.retrain or not list_versions(args.repository / name):
+        step(f"training {args.model} on {args.dataset}/{category} and exporting to {args.repository}")
         run([BIN / "visinspect-train", "run", "--dataset", args.dataset, "--category", category,
+             "--model", args.model, "--model-name", name,
              "--data-root", str(data_root), "--repository", str(args.repository)])  # fmt: skip
     else:
-        step(f"reusing {args.repository / category} version {list_versions(args.repository / category)[-1]}")
+        step(f"reusing {args.repository / name} version {list_versions(args.repository / name)[-1]}")
 
     step("starting the server (embedded OpenVINO backend)")
     with LocalServer(args.repository) as server:
         step(f"scoring {data_root / category / 'test'} through the CLI against {server.address}")
         status = run(
             [BIN / "visinspect", "predict", str(data_root / category / "test"), "--server", server.address,
-             "--model", category, "--evaluate", "--overlays", str(args.output / "overlays")],
+             "--model", name, "--evaluate", "--overlays", str(args.output / "overlays")],
             check=False,
         )  # fmt: skip
         step("stopping the server")

@@ -89,3 +89,40 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         from tests.index import skip_unless_the_index_answers
 
         skip_unless_the_index_answers(item.config)
+
+
+PATCHCORE_CORESET_RATIO = 0.1  # the tiny set has 6,144 patches: a 614-entry bank, large enough to matter
+
+
+@pytest.fixture(scope="session")
+def patchcore_config(tiny_config):
+    import dataclasses
+
+    return dataclasses.replace(
+        tiny_config, model_name="brick-patchcore", model="patchcore", layers=(), coreset_ratio=PATCHCORE_CORESET_RATIO
+    )
+
+
+@pytest.fixture(scope="session")
+def patchcore_run(patchcore_config, trained_run, tmp_path_factory: pytest.TempPathFactory):
+    """PatchCore on ``tiny_config``'s images (``trained_run`` generated them)."""
+    from visinspect_training.api import train
+
+    return train(patchcore_config, tmp_path_factory.mktemp("runs-patchcore"))
+
+
+@pytest.fixture(scope="session")
+def patchcore_exported(patchcore_run, tmp_path_factory: pytest.TempPathFactory):
+    from visinspect_training.api import export_run
+
+    return export_run(patchcore_run, tmp_path_factory.mktemp("repository-patchcore"))
+
+
+@pytest.fixture(scope="module")
+def patchcore_served(patchcore_exported, synthetic_category):
+    """The real server (embedded OpenVINO) serving the PatchCore repository."""
+    from tests.server_harness import start_server
+
+    server = start_server(patchcore_exported.version_dir.parents[1], ["--image-root", str(synthetic_category)])
+    yield server
+    server.stop()

@@ -21,6 +21,7 @@ from visinspect_training.crossfit import out_of_fold_scores
 from visinspect_training.data import build_datamodule, fold_assignment
 from visinspect_training.errors import ConfigError, TrainingError
 from visinspect_training.evaluate import score_images, to_uint8_nhwc
+from visinspect_training.families.padim import PADIM
 from visinspect_training.ir import ContractInput, compile_ir, convert
 
 SIZE = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
@@ -34,14 +35,14 @@ def fold_model_ir_scores(trained_run, fold: int) -> dict[str, float]:
     data = build_datamodule(trained_run.config.dataset, SIZE)
     train_data = data.datamodule.train_data
     fold_of = fold_assignment(train_data, FOLDS, trained_run.config.dataset.seed)
-    fold_model = copy.deepcopy(trained_run.padim).train()
+    fold_model = copy.deepcopy(trained_run.model).train()
     fold_model.memory_bank = []
     normalise = ContractInput()
     with torch.no_grad():
         for batch in data.loader(train_data.subsample(np.flatnonzero(fold_of != fold).tolist())):
             fold_model(normalise(torch.from_numpy(to_uint8_nhwc(batch.image))))  # training mode: into the bank
     fold_model.fit()
-    ir_model, _, _ = convert(fold_model.eval(), TINY_IMAGE_SIZE)
+    ir_model, _, _ = convert(PADIM.serving_graph(fold_model.eval()), TINY_IMAGE_SIZE)
     compiled = compile_ir_in_memory(ir_model)
     held = train_data.subsample(np.flatnonzero(fold_of == fold).tolist())
     scored = score_images(compiled, data.loader(held))
@@ -74,7 +75,7 @@ def test_every_training_image_fits_the_served_model_and_is_scored_out_of_fold(tr
     counts = exported.metadata.dataset.counts
     assert (counts["train"], counts["calibration"]) == (TRAIN_IMAGES, 0)
     data = build_datamodule(trained_run.config.dataset, SIZE)
-    oof = out_of_fold_scores(trained_run.padim, data, folds=FOLDS, seed=0, image_size=TINY_IMAGE_SIZE)
+    oof = out_of_fold_scores(trained_run.model, data, trained_run.config, folds=FOLDS)
     scores = dict(zip(oof.paths, oof.raw_scores.tolist(), strict=True))
     assert len(scores) == TRAIN_IMAGES
     for fold in (0, 3):
@@ -91,10 +92,8 @@ def test_every_training_image_fits_the_served_model_and_is_scored_out_of_fold(tr
 
 def test_out_of_fold_scores_at_a_lower_precision_come_from_fold_irs(trained_run) -> None:
     data = build_datamodule(trained_run.config.dataset, SIZE)
-    exact = out_of_fold_scores(trained_run.padim, data, folds=FOLDS, seed=0, image_size=TINY_IMAGE_SIZE)
-    rounded = out_of_fold_scores(
-        trained_run.padim, data, folds=FOLDS, seed=0, image_size=TINY_IMAGE_SIZE, ir_precision="FP16"
-    )
+    exact = out_of_fold_scores(trained_run.model, data, trained_run.config, folds=FOLDS)
+    rounded = out_of_fold_scores(trained_run.model, data, trained_run.config, folds=FOLDS, ir_precision="FP16")
     by_path = dict(zip(exact.paths, exact.raw_scores.tolist(), strict=True))
     got = dict(zip(rounded.paths, rounded.raw_scores.tolist(), strict=True))
     assert got.keys() == by_path.keys()
@@ -110,7 +109,7 @@ def test_default_threshold_is_the_score_at_one_percent_on_good_images(trained_ru
     n = TRAIN_IMAGES + GOOD_VALIDATION
     assert good is not None and good.exact and good.count == n
     data = build_datamodule(trained_run.config.dataset, SIZE)
-    oof = out_of_fold_scores(trained_run.padim, data, folds=FOLDS, seed=0, image_size=TINY_IMAGE_SIZE).raw_scores
+    oof = out_of_fold_scores(trained_run.model, data, trained_run.config, folds=FOLDS).raw_scores
     validation = validation_good_scores(exported.version_dir, trained_run.config)
     np.testing.assert_allclose(good.values, np.sort(np.concatenate([oof, validation])), rtol=1e-6)
     assert f"{TRAIN_IMAGES} good training images, each scored by a model fitted on the other 9 of 10 folds" in (
@@ -179,7 +178,7 @@ def test_a_held_out_fraction_fits_neither_the_served_model_nor_anything_else(tin
     assert set(build_datamodule(dataset, SIZE).calibration.samples["image_path"]) == held_out  # seeded
     calibration = export_run(run, tmp_path / "repository").metadata.calibration
     assert calibration.good_scores is not None and calibration.good_scores.count == 4 + GOOD_VALIDATION
-    compiled = compile_ir_in_memory(convert(run.padim, TINY_IMAGE_SIZE)[0])
+    compiled = compile_ir_in_memory(convert(PADIM.serving_graph(run.model), TINY_IMAGE_SIZE)[0])
     held = score_images(compiled, data.calibration_loader()).raw_scores
     pool = np.sort(np.concatenate([held, validation_good_scores(tmp_path / "repository" / "brick" / "1", run.config)]))
     np.testing.assert_allclose(calibration.good_scores.values, pool, rtol=1e-5)

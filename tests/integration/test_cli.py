@@ -43,6 +43,24 @@ def test_run_trains_exports_and_prints_the_evaluation(tmp_path: Path, capsys) ->
     assert metadata.backbone.n_features == 50
 
 
+def test_run_with_patchcore_exports_a_patchcore(tmp_path: Path, capsys) -> None:
+    status = main([
+        "run", "--model", "patchcore", "--coreset-ratio", "0.05", "--dataset", "synthetic",
+        "--data-root", str(tmp_path / "synthetic"), "--category", "brick", "--image-size", str(TINY_IMAGE_SIZE),
+        "--runs", str(tmp_path / "runs"), "--repository", str(tmp_path / "repository"), "--no-report",
+    ])  # fmt: skip
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "patchcore" in captured.err and "memory_bank_size" in captured.err  # the run table
+    metadata = read_metadata(tmp_path / "repository" / "brick" / "1")
+    assert metadata.architecture == "patchcore"
+    assert metadata.backbone.layers == ("blocks.2", "blocks.4")
+    assert metadata.parameters["coreset_ratio"] == 0.05
+    assert metadata.evaluation is not None and metadata.evaluation.max_rel_score_diff_vs_torch <= 1e-3
+    (run_dir,) = (tmp_path / "runs" / "brick").iterdir()
+    assert (run_dir / "patchcore.pt").is_file() and not (run_dir / "padim.pt").exists()
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -50,6 +68,10 @@ def test_run_trains_exports_and_prints_the_evaluation(tmp_path: Path, capsys) ->
         (["--backbone", "resnet18"], "no built-in weights for 'resnet18'"),
         (["--layers", "blocks.1,blocks.99"], "invalid PaDiM settings"),
         (["--n-features", "5000"], "invalid PaDiM settings"),
+        (["--model", "patchcore", "--layers", "blocks.2,blocks.99"], "invalid PatchCore settings"),
+        (["--model", "patchcore", "--coreset-ratio", "0"], "coreset ratio must be in (0, 1], got 0.0"),
+        (["--model", "patchcore", "--coreset-ratio", "1.5"], "coreset ratio must be in (0, 1], got 1.5"),
+        (["--model", "patchcore", "--num-neighbors", "0"], "the number of neighbours must be at least 1, got 0"),
         (["--model-name", "../up"], "model name '../up' is not valid"),
         (["--image-size", "100"], "multiple of 32"),
         (["--ir-precision", "INT8"], "INT8 export is not supported"),

@@ -12,10 +12,16 @@ from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_training.anomalib_export import export_with_anomalib
 
 
-def test_scores_match_anomalib_openvino_inferencer(  # noqa: PLR0917 - pytest fixtures
-    served, exported, trained_run, synthetic_category, tmp_path: Path, monkeypatch
+@pytest.mark.parametrize("family", ["padim", "patchcore"])
+def test_scores_match_anomalib_openvino_inferencer(
+    family: str, synthetic_category, tmp_path: Path, monkeypatch, request: pytest.FixtureRequest
 ) -> None:
     from anomalib.deploy import OpenVINOInferencer
+
+    prefix = "" if family == "padim" else "patchcore_"
+    served = request.getfixturevalue(f"{prefix}served")
+    exported = request.getfixturevalue(f"{prefix}exported")
+    trained_run = request.getfixturevalue("trained_run" if family == "padim" else "patchcore_run")
 
     monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes an openvino_cache folder into the working directory
     xml = export_with_anomalib(trained_run, tmp_path / "anomalib", exported.metadata.calibration)

@@ -26,7 +26,7 @@ from visinspect_api.model_repository import (
 )
 from visinspect_training.api import ExportOptions, evaluate_ir, export_run, load_run
 from visinspect_training.errors import ConfigError
-from visinspect_training.ir import AnomalibPadim, compile_ir, infer
+from visinspect_training.ir import AnomalibReference, compile_ir, infer
 
 
 def test_version_folder_holds_ir_and_valid_metadata(exported) -> None:
@@ -65,7 +65,7 @@ def test_f32_scores_match_torch(exported, trained_run) -> None:
     images = rng.integers(0, 256, (3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3), dtype=np.uint8)
     maps, scores = infer(compile_ir(exported.version_dir / IR_XML_FILENAME, "f32"), images)
     with torch.no_grad():
-        torch_maps, torch_scores = AnomalibPadim(trained_run.padim)(torch.from_numpy(images))
+        torch_maps, torch_scores = AnomalibReference(trained_run.model)(torch.from_numpy(images))
     np.testing.assert_allclose(scores, torch_scores.numpy(), rtol=1e-3)
     np.testing.assert_allclose(maps, torch_maps.numpy()[:, 0], rtol=1e-3, atol=1e-3 * float(torch_maps.max()))
     assert np.allclose(scores, maps.reshape(3, -1).max(axis=1))
@@ -83,7 +83,7 @@ def test_evaluation_is_sensible_on_synthetic_defects(exported) -> None:
 def test_bf16_difference_is_reported(exported, trained_run) -> None:
     metadata = exported.metadata
     evaluation = evaluate_ir(
-        exported.version_dir / IR_XML_FILENAME, trained_run.config, metadata.calibration, "bf16", trained_run.padim
+        exported.version_dir / IR_XML_FILENAME, trained_run.config, metadata.calibration, "bf16", trained_run.model
     )
     assert evaluation.inference_precision == "bf16"
     assert evaluation.max_abs_score_diff_vs_torch is not None
@@ -102,8 +102,8 @@ def test_saved_run_reloads_to_the_same_model(trained_run) -> None:
     reloaded = load_run(trained_run.run_dir)
     assert reloaded.config == trained_run.config
     assert reloaded.f1_calibration == trained_run.f1_calibration
-    for name, tensor in trained_run.padim.state_dict().items():
-        assert torch.equal(tensor, reloaded.padim.state_dict()[name]), name
+    for name, tensor in trained_run.model.state_dict().items():
+        assert torch.equal(tensor, reloaded.model.state_dict()[name]), name
 
 
 def test_fp16_export_is_a_new_version(trained_run, tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ def test_fp16_export_is_a_new_version(trained_run, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("precision", ["INT8", "int8"])
 def test_int8_is_refused_with_a_reason(precision: str) -> None:
-    with pytest.raises(ConfigError, match="INT8 export is not supported for PaDiM"):
+    with pytest.raises(ConfigError, match="INT8 export is not supported: for PaDiM"):
         ExportOptions(ir_precision=precision)
 
 

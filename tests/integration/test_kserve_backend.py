@@ -377,3 +377,27 @@ def test_versions_the_model_server_cannot_serve_are_rejected(exported, synthetic
     finally:
         facade.stop()
         standin.kill()
+
+
+def test_patchcore_through_the_model_server_matches_the_embedded_backend(
+    patchcore_exported, patchcore_served, synthetic_category
+) -> None:
+    repository = patchcore_exported.version_dir.parents[1]
+    standin = StandIn(repository).start()
+    try:
+        remote = start_server(repository, ["--backend", "kserve", "--ovms-address", standin.address])
+        try:
+            for image in sample_images(synthetic_category):
+                request = pb.DetectRequest(
+                    image=pb.ImageInput(encoded=image.read_bytes()), extras=pb.Extras(mask=True, regions=True)
+                )
+                embedded, served = detect(patchcore_served, request), detect(remote, request)
+                assert (served.model, served.model_version) == ("brick-patchcore", 1)
+                assert served.is_anomalous == embedded.is_anomalous, image
+                assert served.raw_score == pytest.approx(embedded.raw_score, rel=1e-5), image
+                assert served.mask_png == embedded.mask_png, image
+                assert len(served.regions) == len(embedded.regions), image
+        finally:
+            remote.stop()
+    finally:
+        standin.kill()

@@ -8,7 +8,8 @@ import torch
 from anomalib.models.components.filters import GaussianBlur2d
 from anomalib.models.image.padim.anomaly_map import AnomalyMapGenerator
 
-from visinspect_training.ir import BlockTriangularMahalanobis, SeparableGaussianBlur
+from visinspect_training.families.padim import BlockTriangularMahalanobis
+from visinspect_training.ir import SeparableGaussianBlur
 
 
 def _random_inverse_covariances(positions: int, features: int, seed: int) -> torch.Tensor:

@@ -39,7 +39,7 @@ def measure(category: str, seed: int, work: Path) -> list[dict[str, object]]:
     run = train(TrainConfig(model_name=category, dataset=dataset, seed=seed), work / "runs")
     size = DEFAULT_IMAGE_SIZE
     data = build_datamodule(dataset, (size, size))
-    model, _, _ = ir.convert(run.padim, size)
+    model, _, _ = ir.convert(run.config.family.serving_graph(run.model), size)
     ir.save(model, work / "model.xml", "FP32")
     compiled = ir.compile_ir(work / "model.xml", "f32")
     validation = score_images(compiled, data.datamodule.val_dataloader())
@@ -48,7 +48,7 @@ def measure(category: str, seed: int, work: Path) -> list[dict[str, object]]:
     unseen = np.concatenate([unseen_third, test.raw_scores[~test.is_anomalous]])
     rows = []
     for folds in FOLD_COUNTS:
-        oof = out_of_fold_scores(run.padim, data, folds=folds, seed=seed, image_size=size).raw_scores
+        oof = out_of_fold_scores(run.model, data, run.config, folds=folds).raw_scores
         pool = np.concatenate([oof, validation.raw_scores[~validation.is_anomalous]])
         threshold = threshold_for_false_reject_rate(ScoreSample.of(pool.tolist()), DEFAULT_TARGET_FALSE_REJECT_RATE)
         rows.append({

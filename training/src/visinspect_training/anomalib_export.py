@@ -6,17 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from anomalib.models import Padim
+from anomalib.models.components import AnomalibModule
 
 from visinspect_api.model_repository import Calibration
 from visinspect_training.errors import TrainingError
-from visinspect_training.train import TrainedRun, _build_model
+from visinspect_training.train import TrainedRun, build_module
 
 
-def anomalib_module(run: TrainedRun, calibration: Calibration | None = None) -> Padim:
+def anomalib_module(run: TrainedRun, calibration: Calibration | None = None) -> AnomalibModule:
     """The run as anomalib's Lightning module, its post-processor holding ``calibration`` (default: the run's F1)."""
-    module = _build_model(run.config, pre_trained=False)
-    module.model.load_state_dict(run.padim.state_dict())
+    module = build_module(run.config, pre_trained=False)
+    module.model.load_state_dict(run.model.state_dict())
     post = module.post_processor
     c = calibration or run.f1_calibration
     if c is None:
@@ -34,6 +34,6 @@ def anomalib_module(run: TrainedRun, calibration: Calibration | None = None) -> 
 
 
 def export_with_anomalib(run: TrainedRun, folder: Path, calibration: Calibration | None = None) -> Path:
-    """``Padim.to_openvino`` at the run's input size (FP32) with ``calibration`` baked in; return the ``.xml``."""
+    """anomalib's ``to_openvino`` at the run's input size (FP32) with ``calibration`` baked in; return the ``.xml``."""
     size = (run.config.image_size, run.config.image_size)
     return Path(anomalib_module(run, calibration).to_openvino(export_root=folder, input_size=size))

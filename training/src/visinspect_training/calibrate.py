@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import openvino as ov
-from anomalib.models.image.padim.torch_model import PadimModel
+from torch import nn
 
 from visinspect_api.calibration import ScoreSample, smallest_resolvable_rate, threshold_for_false_reject_rate
 from visinspect_api.model_repository import Calibration, ThresholdMethod
@@ -24,6 +25,9 @@ from visinspect_training.defaults import DEFAULT_TARGET_FALSE_REJECT_RATE, DEFAU
 from visinspect_training.errors import ConfigError
 from visinspect_training.evaluate import Scored, score_images
 from visinspect_training.ir import InferencePrecisionName, IrPrecisionName
+
+if TYPE_CHECKING:
+    from visinspect_training.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -44,11 +48,11 @@ class ThresholdOptions:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """The exported IR compiled as servers run it, the PaDiM module it came from, and its precisions."""
+    """The exported IR compiled as servers run it, the torch model and configuration it came from, its precisions."""
 
     compiled: ov.CompiledModel
-    padim: PadimModel
-    image_size: int
+    model: nn.Module
+    config: TrainConfig
     ir_precision: IrPrecisionName = "FP32"
     inference_precision: InferencePrecisionName = "f32"
 
@@ -74,6 +78,7 @@ def calibrate(
     validation = score_images(compiled, data.datamodule.val_dataloader()) if len(data.datamodule.val_data) else None
     defect_scores = _pooled((validation,), anomalous=True)
     good_scores = _pooled((good, validation), anomalous=False)
+    good_map_maxima = _pooled((good, validation), anomalous=False, maxima=True)
     if options.method == "f1":
         if f1_calibration is None:
             raise ConfigError(
@@ -96,13 +101,15 @@ def calibrate(
         )
     rate = options.target_false_reject_rate
     threshold = threshold_for_false_reject_rate(good_scores, rate)
+    assert good_map_maxima is not None  # the same images as good_scores
     scored = [s for s in (good, validation) if s is not None]  # ranges over every calibration image
     all_scores = np.concatenate([s.raw_scores for s in scored])
     return Calibration(
         image_threshold=threshold,
-        # The image score is the anomaly map's maximum: at this pixel threshold a good image that passes
-        # has an empty mask, and every rejected image has a non-empty one.
-        pixel_threshold=threshold,
+        # The same rate on the good images' map maxima: a good image within the rate has an empty mask.
+        # For PaDiM the image score is the map's maximum, so the two thresholds are equal and every
+        # rejected image has a non-empty mask.
+        pixel_threshold=threshold_for_false_reject_rate(good_map_maxima, rate),
         image_min=float(all_scores.min()),
         image_max=float(all_scores.max()),
         pixel_min=min(s.map_min for s in scored),
@@ -124,11 +131,10 @@ def _good_calibration_scores(served: ServedModel, data: PreparedData, dataset: D
     if not dataset.cross_fitted:
         return None
     return out_of_fold_scores(
-        served.padim,
+        served.model,
         data,
+        served.config,
         folds=dataset.calibration_folds,
-        seed=dataset.seed,
-        image_size=served.image_size,
         ir_precision=served.ir_precision,
         precision=served.inference_precision,
     )
@@ -148,9 +154,11 @@ def resolution_warnings(num_good: int, rate: float) -> tuple[str, ...]:
     )
 
 
-def _pooled(parts: tuple[Scored | None, ...], anomalous: bool) -> ScoreSample | None:
-    """Raw scores of the good (or defective) images of every scored part; None when there are none."""
-    pools = [s.raw_scores[s.is_anomalous == anomalous] for s in parts if s is not None]
+def _pooled(parts: tuple[Scored | None, ...], anomalous: bool, maxima: bool = False) -> ScoreSample | None:
+    """Raw scores (or map maxima) of the good (or defective) images of every scored part; None when there are none."""
+    pools = [
+        (s.raw_map_maxima if maxima else s.raw_scores)[s.is_anomalous == anomalous] for s in parts if s is not None
+    ]
     scores = np.concatenate(pools) if pools else np.zeros(0)
     return ScoreSample.of(scores.tolist()) if scores.size else None
 

@@ -1,5 +1,5 @@
-"""``visinspect-train``: make a dataset, fit PaDiM, export and evaluate OpenVINO model versions; fetch the
-built-in backbone weights ahead of offline use."""
+"""``visinspect-train``: make a dataset, fit a model (PaDiM or PatchCore), export and evaluate OpenVINO model
+versions; fetch the built-in backbone weights ahead of offline use."""
 
 from __future__ import annotations
 
@@ -22,11 +22,15 @@ from visinspect_training.defaults import (
     DEFAULT_BACKBONE,
     DEFAULT_CALIBRATION_FOLDS,
     DEFAULT_CALIBRATION_FRACTION,
+    DEFAULT_CORESET_RATIO,
     DEFAULT_IMAGE_SIZE,
-    DEFAULT_LAYERS,
+    DEFAULT_LAYERS_BY_MODEL,
+    DEFAULT_MODEL,
     DEFAULT_N_FEATURES,
+    DEFAULT_NUM_NEIGHBORS,
     DEFAULT_TARGET_FALSE_REJECT_RATE,
     DEFAULT_THRESHOLD_METHOD,
+    MODEL_FAMILIES,
 )
 from visinspect_training.errors import TrainingError
 
@@ -159,9 +163,32 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model-name", help="repository folder name (default: the dataset's name)")
+    group.add_argument(
+        "--model",
+        choices=MODEL_FAMILIES,
+        default=DEFAULT_MODEL,
+        help="model family: padim (a Gaussian per position) or patchcore (a memory bank of good patches)",
+    )
     group.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    group.add_argument("--layers", default=",".join(DEFAULT_LAYERS), help="comma-separated backbone layers")
-    group.add_argument("--n-features", type=int, default=DEFAULT_N_FEATURES)
+    group.add_argument(
+        "--layers",
+        help="comma-separated backbone layers (default: "
+        + "; ".join(f"{name} {','.join(layers)}" for name, layers in DEFAULT_LAYERS_BY_MODEL.items())
+        + ")",
+    )
+    group.add_argument("--n-features", type=int, default=DEFAULT_N_FEATURES, help="PaDiM: features kept per position")
+    group.add_argument(
+        "--coreset-ratio",
+        type=float,
+        default=DEFAULT_CORESET_RATIO,
+        help="PatchCore: share of the training patches the memory bank keeps",
+    )
+    group.add_argument(
+        "--num-neighbors",
+        type=int,
+        default=DEFAULT_NUM_NEIGHBORS,
+        help="PatchCore: bank neighbours that re-weight the image score",
+    )
     group.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     group.add_argument("--seed", type=int, default=0)
     group.add_argument(
@@ -254,7 +281,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     precision = args.inference_precision or metadata.inference_precision
     data = build_datamodule(config.dataset, (config.image_size,) * 2, config.batch_size, config.num_workers)
     compiled = compile_ir(args.version_dir / "model.xml", precision)
-    evaluation, predictions = evaluate_test_split(compiled, data, metadata.calibration, precision, run.padim)
+    evaluation, predictions = evaluate_test_split(compiled, data, metadata.calibration, precision, run.model)
     title = f"{metadata.model_name} {args.version_dir.name}"
     if args.json:
         print(json.dumps(dataclasses.asdict(evaluation), indent=2))
@@ -316,8 +343,11 @@ def _train(args: argparse.Namespace):  # noqa: ANN202 - TrainedRun, imported laz
         model_name=args.model_name or dataset.display_name,
         dataset=dataset,
         backbone=args.backbone,
-        layers=tuple(layer.strip() for layer in args.layers.split(",") if layer.strip()),
+        model=args.model,
+        layers=tuple(layer.strip() for layer in (args.layers or "").split(",") if layer.strip()),
         n_features=args.n_features,
+        coreset_ratio=args.coreset_ratio,
+        num_neighbors=args.num_neighbors,
         image_size=args.image_size,
         seed=args.seed,
         weights=WeightsSpec(source=source, file=args.weights_file, file_sha256=args.weights_sha256),
@@ -366,8 +396,10 @@ def _run_table(run) -> Table:  # noqa: ANN001 - TrainedRun
         "run folder": str(run.run_dir),
         "dataset": f"{run.config.dataset.kind}: {run.config.dataset.location}",
         "images": ", ".join(f"{k} {v}" for k, v in run.counts.items()),
-        "backbone": escape(
-            f"{run.config.backbone} [{', '.join(run.config.layers)}] n_features={run.config.n_features}"
+        "model": run.config.model,
+        "backbone": escape(f"{run.config.backbone} [{', '.join(run.config.layers)}]"),
+        "parameters": ", ".join(
+            f"{name} {value:g}" for name, value in run.config.family.parameters(run.model, run.config).items()
         ),
         "weights": run.config.weights.source + (f" sha256 {run.weights_sha256[:12]}…" if run.weights_sha256 else ""),
         "fit time": f"{run.fit_seconds:.1f} s",

@@ -4,10 +4,24 @@ Chosen by measured accuracy on MVTec bottle and the three synthetic textures (im
 AUROC from the exported IR): see docs/backbone-comparison.md.
 """
 
+from typing import get_args
+
+from visinspect_api.model_repository import ArchitectureName
+
+DEFAULT_MODEL: ArchitectureName = "padim"
+MODEL_FAMILIES: tuple[ArchitectureName, ...] = get_args(ArchitectureName)
 DEFAULT_BACKBONE = "mobilenetv2_100"
-DEFAULT_LAYERS = ("blocks.1", "blocks.2", "blocks.4")
-DEFAULT_N_FEATURES = 100
+DEFAULT_LAYERS = ("blocks.1", "blocks.2", "blocks.4")  # PaDiM's
+# Per family, used when no layers are given: PatchCore takes mid-level features (strides 8 and 16, as
+# the paper's layer2 + layer3 of a ResNet).
+DEFAULT_LAYERS_BY_MODEL = {"padim": DEFAULT_LAYERS, "patchcore": ("blocks.2", "blocks.4")}
+DEFAULT_N_FEATURES = 100  # PaDiM: feature dimensions kept per position
 DEFAULT_IMAGE_SIZE = 256
+
+# PatchCore: the memory bank keeps this share of the training patches (greedy k-center coreset), and
+# the image score is re-weighted by this many of the nearest patch's neighbours in the bank.
+DEFAULT_CORESET_RATIO = 0.01
+DEFAULT_NUM_NEIGHBORS = 9
 
 # Thresholds: the score at this false-reject rate on good images scored by a model that did not fit
 # them: every training image, out of fold (the served model fits them all). See docs/calibration.md.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,15 +12,18 @@ import cv2
 import numpy as np
 import openvino as ov
 import torch
-from anomalib.models.image.padim.torch_model import PadimModel
 from scipy.stats import rankdata
+from torch import nn
 
 from visinspect_api.model_repository import Calibration, DefectTypeRecall, Evaluation
 from visinspect_training.data import PreparedData, build_datamodule
-from visinspect_training.ir import AnomalibPadim, InferencePrecisionName, compile_ir, infer, torch_infer
+from visinspect_training.ir import AnomalibReference, InferencePrecisionName, compile_ir, infer, torch_infer
 from visinspect_training.train import TrainConfig
 
 log = logging.getLogger(__name__)
+
+# What scores images: a compiled IR, or any function with ``ir.infer``'s signature (a graph in torch).
+ImageScorer = ov.CompiledModel | Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 AUPRO_MAX_FPR = 0.3
 _AUPRO_STEPS = 200
@@ -32,6 +35,7 @@ class Scored:
 
     paths: list[str] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)
+    map_maxima: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
     maps: list[np.ndarray] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
@@ -40,23 +44,36 @@ class Scored:
     map_max: float = float("-inf")
 
     def record(
-        self, paths: Iterable[str], scores: np.ndarray, labels: np.ndarray, map_min: float, map_max: float
+        self,
+        paths: Iterable[str],
+        scores: np.ndarray,
+        labels: np.ndarray,
+        map_maxima: np.ndarray,
+        map_range: tuple[float, float],
     ) -> None:
-        """Add a batch: its paths, raw scores, labels and the value range of its anomaly maps."""
+        """Add a batch: its paths, raw scores, labels, each anomaly map's maximum and the maps' value range."""
         self.paths.extend(paths)
         self.scores.append(scores)
+        self.map_maxima.append(map_maxima)
         self.labels.append(labels)
-        self.map_min = min(self.map_min, map_min)
-        self.map_max = max(self.map_max, map_max)
+        self.map_min = min(self.map_min, map_range[0])
+        self.map_max = max(self.map_max, map_range[1])
 
     def extend(self, other: Scored) -> None:
-        """Add every image of ``other`` (its scores, labels and map range; not its maps)."""
-        self.record(other.paths, other.raw_scores, other.is_anomalous, other.map_min, other.map_max)
+        """Add every image of ``other`` (its scores, labels, map maxima and map range; not its maps)."""
+        self.record(
+            other.paths, other.raw_scores, other.is_anomalous, other.raw_map_maxima, (other.map_min, other.map_max)
+        )
 
     @property
     def raw_scores(self) -> np.ndarray:
         """All raw image scores, float32 [N]."""
         return np.concatenate(self.scores) if self.scores else np.zeros(0, np.float32)
+
+    @property
+    def raw_map_maxima(self) -> np.ndarray:
+        """Every anomaly map's maximum, float32 [N] (PaDiM: the score; PatchCore: not the score)."""
+        return np.concatenate(self.map_maxima) if self.map_maxima else np.zeros(0, np.float32)
 
     @property
     def is_anomalous(self) -> np.ndarray:
@@ -78,25 +95,26 @@ class TestPredictions:
 
 
 def score_images(
-    compiled: ov.CompiledModel,
+    scorer: ImageScorer,
     batches: Iterable[Any],
-    padim: PadimModel | None = None,
+    model: nn.Module | None = None,
     keep_maps: bool = False,
 ) -> Scored:
-    """Run every batch of an anomalib loader through the IR (and the torch model when given)."""
-    wrapper = AnomalibPadim(padim) if padim is not None else None
+    """Run every batch of an anomalib loader through the IR (and anomalib's torch model when given)."""
+    reference = AnomalibReference(model) if model is not None else None
     got = Scored()
     for batch in batches:
         images = to_uint8_nhwc(batch.image)
-        maps, scores = infer(compiled, images)
+        maps, scores = infer(scorer, images) if isinstance(scorer, ov.CompiledModel) else scorer(images)
         labels = batch.gt_label.numpy().astype(bool)
-        got.record(map(str, batch.image_path), scores, labels, float(maps.min()), float(maps.max()))
+        maxima = maps.reshape(maps.shape[0], -1).max(axis=1)
+        got.record(map(str, batch.image_path), scores, labels, maxima, (float(maps.min()), float(maps.max())))
         if keep_maps:
             got.maps.append(maps)
             if batch.gt_mask is not None:
                 got.masks.append(batch.gt_mask.numpy().reshape(maps.shape).astype(bool))
-        if wrapper is not None:
-            got.torch_scores.append(torch_infer(wrapper, images))
+        if reference is not None:
+            got.torch_scores.append(torch_infer(reference, images))
     return got
 
 
@@ -111,11 +129,11 @@ def evaluate_ir(
     config: TrainConfig,
     calibration: Calibration,
     precision: InferencePrecisionName,
-    padim: PadimModel | None = None,
+    model: nn.Module | None = None,
 ) -> Evaluation:
-    """Score the test split with the IR; compare with the torch model on identical inputs when given."""
+    """Score the test split with the IR; compare with anomalib's torch model on identical inputs when given."""
     evaluation, _ = evaluate_test_split(
-        compile_ir(xml_path, precision), _prepare(config), calibration, precision, padim
+        compile_ir(xml_path, precision), _prepare(config), calibration, precision, model
     )
     return evaluation
 
@@ -125,10 +143,10 @@ def evaluate_test_split(
     data: PreparedData,
     calibration: Calibration,
     precision: InferencePrecisionName,
-    padim: PadimModel | None = None,
+    model: nn.Module | None = None,
 ) -> tuple[Evaluation, TestPredictions]:
     """The metrics and the per-image predictions of the test split, scored once."""
-    got = score_images(compiled, data.datamodule.test_dataloader(), padim, keep_maps=True)
+    got = score_images(compiled, data.datamodule.test_dataloader(), model, keep_maps=True)
     return summarise(got, calibration, precision), _predictions(got, calibration)
 
 

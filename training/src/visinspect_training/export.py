@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 IR_PRECISIONS = ("FP32", "FP16")
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 _INT8_REFUSAL = (
-    "INT8 export is not supported for PaDiM: anomalib's INT8 post-training quantisation also quantises "
+    "INT8 export is not supported: for PaDiM, anomalib's INT8 post-training quantisation also quantises "
     "the Gaussian (Mahalanobis) scoring, which collapses every score to zero; export FP32 (default) or FP16"
 )
 
@@ -77,7 +77,8 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
     options = options or ExportOptions()
     config = run.config
     with staging_folder(repository, config.model_name) as staged:
-        model, input_contract, outputs = ir.convert(run.padim, config.image_size)
+        family = config.family
+        model, input_contract, outputs = ir.convert(family.serving_graph(run.model), config.image_size)
         xml_path = staged / IR_XML_FILENAME
         ir.save(model, xml_path, options.ir_precision)  # type: ignore[arg-type]
         precision = options.inference_precision
@@ -86,8 +87,8 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
         data = build_datamodule(config.dataset, size, config.batch_size, config.num_workers)
         served = ServedModel(
             compiled,
-            run.padim,
-            config.image_size,
+            run.model,
+            config,
             options.ir_precision,  # type: ignore[arg-type]
             precision,  # type: ignore[arg-type]
         )
@@ -102,7 +103,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
                 data,
                 calibration,
                 precision,  # type: ignore[arg-type]
-                run.padim,  # type: ignore[arg-type]
+                run.model,
             )
         metadata = ModelMetadata(
             model_name=config.model_name,
@@ -113,7 +114,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
             backbone=Backbone(
                 name=config.backbone,
                 layers=config.layers,
-                n_features=config.n_features,
+                n_features=family.feature_dimensions(run.model, config),
                 weights=config.weights.source,
                 weights_sha256=run.weights_sha256,
             ),
@@ -131,6 +132,8 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
             ir_bin_sha256=file_sha256(staged / IR_BIN_FILENAME),
             software=_software_versions(),
             evaluation=evaluation,
+            architecture=family.name,
+            parameters=family.parameters(run.model, config),
         )
         write_metadata(staged, metadata)
         version = publish(staged, repository / config.model_name)

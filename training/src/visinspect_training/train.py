@@ -1,6 +1,7 @@
-"""Fit PaDiM with anomalib's Engine and keep the result as a run folder (tensors and JSON, no pickles).
+"""Fit a model family with anomalib's Engine and keep the result as a run folder (tensors and JSON, no pickles).
 
-A run folder holds ``padim.pt`` (the PaDiM module's state dict) and ``run.json`` (the configuration,
+A run folder holds ``<family>.pt`` (the torch model's state dict, e.g. ``padim.pt``, ``patchcore.pt``)
+and ``run.json`` (the configuration,
 the F1-adaptive calibration anomalib's post-processor fitted on the labelled validation split, when
 there is one, and the split counts). Export sets the served thresholds (``calibrate.py``).
 """
@@ -19,18 +20,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from anomalib.models import Padim
-from anomalib.models.image.padim.torch_model import PadimModel
-from anomalib.pre_processing import PreProcessor
+from anomalib.models.components import AnomalibModule
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import Callback
 from rich.progress import Progress
-from torchvision.transforms.v2 import Normalize
+from torch import nn
 
-from visinspect_api.model_repository import Calibration, file_sha256, is_valid_model_name
+from visinspect_api.model_repository import ArchitectureName, Calibration, file_sha256, is_valid_model_name
 from visinspect_training.data import DatasetSpec, build_datamodule, split_counts
-from visinspect_training.defaults import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, DEFAULT_LAYERS, DEFAULT_N_FEATURES
+from visinspect_training.defaults import (
+    DEFAULT_BACKBONE,
+    DEFAULT_CORESET_RATIO,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_LAYERS_BY_MODEL,
+    DEFAULT_MODEL,
+    DEFAULT_N_FEATURES,
+    DEFAULT_NUM_NEIGHBORS,
+    MODEL_FAMILIES,
+)
 from visinspect_training.errors import ConfigError, TrainingError
+from visinspect_training.families import ModelFamily, family
 from visinspect_training.progress import LightningProgress
 from visinspect_training.synthetic import SyntheticSpec
 from visinspect_training.weights import (
@@ -43,9 +52,6 @@ from visinspect_training.weights import (
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-RUN_STATE_FILENAME = "padim.pt"
 RUN_INFO_FILENAME = "run.json"
 
 
@@ -55,22 +61,40 @@ class TrainConfig:
 
     model_name: str
     dataset: DatasetSpec
+    model: ArchitectureName = DEFAULT_MODEL  # the family
     backbone: str = DEFAULT_BACKBONE
-    layers: tuple[str, ...] = DEFAULT_LAYERS
-    n_features: int = DEFAULT_N_FEATURES
+    layers: tuple[str, ...] = ()  # empty: the family's default layers
+    n_features: int = DEFAULT_N_FEATURES  # PaDiM
+    coreset_ratio: float = DEFAULT_CORESET_RATIO  # PatchCore
+    num_neighbors: int = DEFAULT_NUM_NEIGHBORS  # PatchCore
     image_size: int = DEFAULT_IMAGE_SIZE
     seed: int = 0
     weights: WeightsSpec = field(default_factory=WeightsSpec)
     batch_size: int = 32
     num_workers: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.layers and self.model in DEFAULT_LAYERS_BY_MODEL:
+            object.__setattr__(self, "layers", DEFAULT_LAYERS_BY_MODEL[self.model])
+
+    @property
+    def family(self) -> ModelFamily:
+        """The model family's implementation."""
+        return family(self.model)
+
+    @property
+    def state_filename(self) -> str:
+        """The run folder's tensor file: ``<family>.pt``."""
+        return f"{self.model}.pt"
+
 
 @dataclass
 class TrainedRun:
-    """A fitted PaDiM model with anomalib's F1 calibration (None without a labelled validation split)."""
+    """A fitted model (anomalib's torch model of the family) with anomalib's F1 calibration (None without a
+    labelled validation split)."""
 
     config: TrainConfig
-    padim: PadimModel
+    model: nn.Module
     f1_calibration: Calibration | None
     counts: dict[str, int]
     weights_sha256: str | None
@@ -79,12 +103,12 @@ class TrainedRun:
 
 
 def train(config: TrainConfig, runs_root: Path, progress: Progress | None = None) -> TrainedRun:
-    """Fit PaDiM on ``config.dataset`` and save the run under ``runs_root/<model>/<timestamp>``."""
+    """Fit the model family on ``config.dataset`` and save the run under ``runs_root/<model>/<timestamp>``."""
     _check_config(config)
     seed_everything(config.seed, verbose=False)
     image_size = (config.image_size, config.image_size)
     data = build_datamodule(config.dataset, image_size, config.batch_size, config.num_workers)
-    model = _build_model(config)
+    model = build_module(config)
     weights_sha256 = _load_weights(model.model, config)
     run_dir = _new_run_dir(runs_root, config.model_name)
     started = time.perf_counter()
@@ -95,7 +119,7 @@ def train(config: TrainConfig, runs_root: Path, progress: Progress | None = None
     fit_seconds = time.perf_counter() - started
     run = TrainedRun(
         config=config,
-        padim=model.model.eval(),
+        model=model.model.eval(),
         f1_calibration=_f1_calibration(model, config.dataset),
         counts=split_counts(data),
         weights_sha256=weights_sha256,
@@ -111,25 +135,22 @@ def _check_config(config: TrainConfig) -> None:
         raise ConfigError(
             f"model name {config.model_name!r} is not valid: use letters, digits, '_', '.', '-' (at most 64)"
         )
+    if config.model not in MODEL_FAMILIES:
+        raise ConfigError(f"model family must be one of {', '.join(MODEL_FAMILIES)}, got {config.model!r}")
+    if not 0.0 < config.coreset_ratio <= 1.0:
+        raise ConfigError(f"coreset ratio must be in (0, 1], got {config.coreset_ratio}")
+    if config.num_neighbors < 1:
+        raise ConfigError(f"the number of neighbours must be at least 1, got {config.num_neighbors}")
     if config.image_size < 32 or config.image_size % 32:
         raise ConfigError(f"image size must be a positive multiple of 32, got {config.image_size}")
     check_backbone(config.backbone, config.weights.source)
 
 
-def _build_model(config: TrainConfig, pre_trained: bool | None = None) -> Padim:
+def build_module(config: TrainConfig, pre_trained: bool | None = None) -> AnomalibModule:
+    """anomalib's Lightning module of the run's family (hub weights only when the run asks for them)."""
     hub = config.weights.source == "hub" if pre_trained is None else pre_trained
     try:
-        return Padim(
-            backbone=config.backbone,
-            layers=list(config.layers),
-            pre_trained=hub,
-            n_features=config.n_features,
-            pre_processor=PreProcessor(transform=Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)),
-            evaluator=False,
-            visualizer=False,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"invalid PaDiM settings for {config.backbone}: {exc}") from exc
+        return config.family.build(config, pre_trained=hub)
     except (OSError, RuntimeError) as exc:
         if hub:
             raise TrainingError(
@@ -139,7 +160,7 @@ def _build_model(config: TrainConfig, pre_trained: bool | None = None) -> Padim:
         raise
 
 
-def _load_weights(padim: PadimModel, config: TrainConfig) -> str | None:
+def _load_weights(model: nn.Module, config: TrainConfig) -> str | None:
     """Load non-hub weights into the backbone; return the weights file's sha256 (None for hub/random)."""
     spec = config.weights
     if spec.source in ("hub", "random"):
@@ -147,7 +168,7 @@ def _load_weights(padim: PadimModel, config: TrainConfig) -> str | None:
     path = fetch_builtin_weights(config.backbone) if spec.source == "builtin" else spec.file
     assert path is not None  # WeightsSpec guarantees a file for source 'file'
     state = load_state_dict(path, spec.file_sha256)
-    used = load_into_backbone(padim.feature_extractor.feature_extractor, config.backbone, state)
+    used = load_into_backbone(model.feature_extractor.feature_extractor, config.backbone, state)
     log.info("loaded %d backbone tensors from %s", used, path)
     return file_sha256(path)
 
@@ -160,12 +181,12 @@ def _engine(run_dir: Path, callbacks: list[Callback]) -> Any:
         accelerator="cpu",
         devices=1,
         logger=False,
-        barebones=True,  # no checkpoint files: the run keeps its tensors in padim.pt
+        barebones=True,  # no checkpoint files: the run keeps its tensors in <family>.pt
         callbacks=callbacks,
     )
 
 
-def _f1_calibration(model: Padim, dataset: DatasetSpec) -> Calibration | None:
+def _f1_calibration(model: AnomalibModule, dataset: DatasetSpec) -> Calibration | None:
     post = model.post_processor
     values = {
         "image_threshold": float(post.image_threshold),
@@ -195,8 +216,8 @@ def _new_run_dir(runs_root: Path, model_name: str) -> Path:
 
 
 def save_run(run: TrainedRun) -> None:
-    """Write ``padim.pt`` and ``run.json`` into the run folder."""
-    torch.save(run.padim.state_dict(), run.run_dir / RUN_STATE_FILENAME)
+    """Write ``<family>.pt`` and ``run.json`` into the run folder."""
+    torch.save(run.model.state_dict(), run.run_dir / run.config.state_filename)
     info = {
         "config": _to_jsonable(dataclasses.asdict(run.config)),
         "calibration": None if run.f1_calibration is None else dataclasses.asdict(run.f1_calibration),
@@ -212,14 +233,14 @@ def load_run(run_dir: Path) -> TrainedRun:
     try:
         info = json.loads((run_dir / RUN_INFO_FILENAME).read_text(encoding="utf-8"))
         config = _config_from_dict(info["config"])
-        padim = _build_model(config, pre_trained=False).model
-        state = torch.load(run_dir / RUN_STATE_FILENAME, map_location="cpu", weights_only=True)
-        padim.load_state_dict(state)
+        model = build_module(config, pre_trained=False).model
+        state = torch.load(run_dir / config.state_filename, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise TrainingError(f"{run_dir} is not a complete training run ({exc}): train again") from exc
     return TrainedRun(
         config=config,
-        padim=padim.eval(),
+        model=model.eval(),
         f1_calibration=_f1_from_dict(info["calibration"]),
         counts=info["counts"],
         weights_sha256=info["weights_sha256"],

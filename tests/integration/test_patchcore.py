@@ -1,0 +1,150 @@
+"""PatchCore end to end: fit with the fast coreset, export the shared IR contract, calibrate out of fold, serve
+(embedded OpenVINO; the KServe stand-in and anomalib's exported inferencer are compared in
+test_kserve_backend.py and test_equivalence.py), and match anomalib's own torch model."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import PATCHCORE_CORESET_RATIO, TINY_IMAGE_SIZE
+from visinspect_api.model_repository import IR_XML_FILENAME
+from visinspect_api.v1 import inspection_pb2 as pb
+from visinspect_training.api import load_run
+from visinspect_training.coreset import greedy_coreset
+from visinspect_training.crossfit import out_of_fold_scores
+from visinspect_training.data import build_datamodule, fold_assignment
+from visinspect_training.evaluate import score_images, to_uint8_nhwc
+from visinspect_training.families.patchcore import PATCHCORE, coreset_size
+from visinspect_training.ir import AnomalibReference, ContractInput, compile_ir, infer, torch_outputs
+
+SIZE = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+FOLDS = 10
+TRAIN_IMAGES = 24
+PATCHES_PER_IMAGE = (TINY_IMAGE_SIZE // 8) ** 2  # blocks.2 has stride 8
+EMBEDDING_DIM = 32 + 96  # mobilenetv2_100 blocks.2 and blocks.4 channels
+
+
+def test_memory_bank_is_the_coreset_of_every_training_patch(patchcore_run) -> None:
+    bank = patchcore_run.model.memory_bank
+    patches = TRAIN_IMAGES * PATCHES_PER_IMAGE
+    assert bank.shape == (coreset_size(patches, PATCHCORE_CORESET_RATIO), EMBEDDING_DIM) == (614, 128)
+    assert bank.dtype == torch.float32
+    assert patchcore_run.config.layers == ("blocks.2", "blocks.4")
+
+
+def test_exported_ir_matches_anomalibs_patchcore(patchcore_run, patchcore_exported) -> None:
+    evaluation = patchcore_exported.metadata.evaluation
+    assert evaluation is not None and evaluation.max_rel_score_diff_vs_torch is not None
+    assert evaluation.max_rel_score_diff_vs_torch <= 1e-3
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, *SIZE, 3), dtype=np.uint8)
+    maps, scores = infer(compile_ir(patchcore_exported.version_dir / IR_XML_FILENAME, "f32"), images)
+    with torch.no_grad():
+        torch_maps, torch_scores = AnomalibReference(patchcore_run.model)(torch.from_numpy(images))
+    np.testing.assert_allclose(scores, torch_scores.numpy(), rtol=1e-3)
+    np.testing.assert_allclose(maps, torch_maps.numpy()[:, 0], rtol=1e-3, atol=1e-3 * float(torch_maps.max()))
+    # The image score is anomalib's re-weighted nearest-neighbour distance, not the map's maximum.
+    assert not np.allclose(scores, maps.reshape(3, -1).max(axis=1), rtol=1e-3)
+
+
+def test_evaluation_and_metadata_describe_a_patchcore(patchcore_exported) -> None:
+    metadata = patchcore_exported.metadata
+    assert metadata.architecture == "patchcore"
+    assert metadata.parameters == {
+        "coreset_ratio": PATCHCORE_CORESET_RATIO,
+        "num_neighbors": 9.0,
+        "memory_bank_size": 614.0,
+        "embedding_dim": float(EMBEDDING_DIM),
+    }
+    assert metadata.backbone.layers == ("blocks.2", "blocks.4")
+    assert metadata.backbone.n_features == EMBEDDING_DIM
+    evaluation = metadata.evaluation
+    assert evaluation is not None
+    assert evaluation.image_auroc is not None and evaluation.image_auroc >= 0.8
+    assert evaluation.pixel_auroc is not None and evaluation.pixel_auroc >= 0.9
+
+
+def test_thresholds_hold_the_rate_on_scores_and_on_map_maxima(patchcore_run, patchcore_exported) -> None:
+    calibration = patchcore_exported.metadata.calibration
+    good = calibration.good_scores
+    assert good is not None and good.count == TRAIN_IMAGES + 4  # every training image out of fold + validation
+    # 28 images cannot resolve 1 %: each threshold is its pool's highest value.
+    assert calibration.image_threshold == good.values[-1]
+    data = build_datamodule(patchcore_run.config.dataset, SIZE)
+    oof = out_of_fold_scores(patchcore_run.model, data, patchcore_run.config, folds=FOLDS)
+    validation = score_images(
+        compile_ir(patchcore_exported.version_dir / IR_XML_FILENAME, "f32"), data.datamodule.val_dataloader()
+    )
+    maxima = np.concatenate([oof.raw_map_maxima, validation.raw_map_maxima[~validation.is_anomalous]])
+    assert calibration.pixel_threshold == pytest.approx(float(maxima.max()), rel=1e-5)
+    assert calibration.pixel_threshold != pytest.approx(calibration.image_threshold, rel=1e-3)
+
+
+def test_out_of_fold_banks_never_hold_the_fold(patchcore_run) -> None:
+    """Fold 0's scores equal those of a bank built, by anomalib's own training forward, from the other folds."""
+    config = patchcore_run.config
+    data = build_datamodule(config.dataset, SIZE)
+    train_data = data.datamodule.train_data
+    fold_of = fold_assignment(train_data, FOLDS, config.dataset.seed)
+    fold_model = PATCHCORE.build(config, pre_trained=False).model
+    fold_model.load_state_dict(patchcore_run.model.state_dict())
+    fold_model.train()
+    normalise = ContractInput()
+    with torch.no_grad():
+        for batch in data.loader(train_data.subsample(np.flatnonzero(fold_of != 0).tolist())):
+            fold_model(normalise(torch.from_numpy(to_uint8_nhwc(batch.image))))  # training mode: collects patches
+    patches = torch.vstack(fold_model.embedding_store)
+    fold_model.memory_bank = patches[greedy_coreset(patches, coreset_size(len(patches), PATCHCORE_CORESET_RATIO))]
+    graph = PATCHCORE.serving_graph(fold_model.eval())
+    held = train_data.subsample(np.flatnonzero(fold_of == 0).tolist())
+    expected = score_images(lambda images: torch_outputs(graph, images), data.loader(held))
+    oof = out_of_fold_scores(patchcore_run.model, data, config, folds=FOLDS)
+    by_path = dict(zip(oof.paths, oof.raw_scores.tolist(), strict=True))
+    assert len(by_path) == TRAIN_IMAGES
+    np.testing.assert_allclose([by_path[p] for p in expected.paths], expected.raw_scores, rtol=1e-5)
+    # The served model's bank holds these images' patches: it scores them lower than any fold model does.
+    served = score_images(lambda images: torch_outputs(PATCHCORE.serving_graph(patchcore_run.model), images),
+                          data.loader(held))  # fmt: skip
+    assert (served.raw_scores < expected.raw_scores).all()
+
+
+def test_fp16_fold_models_are_scored_as_irs(patchcore_run) -> None:
+    data = build_datamodule(patchcore_run.config.dataset, SIZE)
+    exact = out_of_fold_scores(patchcore_run.model, data, patchcore_run.config, folds=FOLDS)
+    rounded = out_of_fold_scores(patchcore_run.model, data, patchcore_run.config, folds=FOLDS, ir_precision="FP16")
+    assert rounded.paths == exact.paths
+    differences = np.abs(rounded.raw_scores / exact.raw_scores - 1.0)
+    assert 0.0 < differences.max() < 1e-2
+
+
+def test_saved_run_reloads_with_its_memory_bank(patchcore_run) -> None:
+    reloaded = load_run(patchcore_run.run_dir)
+    assert reloaded.config == patchcore_run.config
+    assert (patchcore_run.run_dir / "patchcore.pt").is_file()
+    assert torch.equal(reloaded.model.memory_bank, patchcore_run.model.memory_bank)
+    for name, tensor in patchcore_run.model.state_dict().items():
+        assert torch.equal(tensor, reloaded.model.state_dict()[name]), name
+
+
+def test_the_server_serves_patchcore_like_its_ir(patchcore_served, patchcore_exported, synthetic_category) -> None:
+    metadata = patchcore_exported.metadata
+    compiled = compile_ir(patchcore_exported.version_dir / IR_XML_FILENAME, "f32")
+    images = sorted((synthetic_category / "test").glob("*/*.png"))[::3]
+    verdicts = set()
+    with patchcore_served.channel() as channel:
+        stub = patchcore_served.stub(channel)
+        description = stub.DescribeModel(pb.DescribeModelRequest(), timeout=10)
+        assert (description.name, description.architecture) == ("brick-patchcore", "patchcore")
+        assert dict(description.parameters) == dict(metadata.parameters)
+        for image in images:
+            response = stub.Detect(pb.DetectRequest(image=pb.ImageInput(encoded=image.read_bytes())), timeout=30)
+            rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)
+            resized = cv2.resize(rgb, SIZE, interpolation=cv2.INTER_AREA)
+            _, (raw,) = infer(compiled, resized[None])
+            assert response.raw_score == pytest.approx(float(raw), rel=1e-5)
+            assert response.is_anomalous == (raw > metadata.calibration.image_threshold)
+            verdicts.add(response.is_anomalous)
+    assert verdicts == {True, False}

@@ -1,0 +1,185 @@
+"""PatchCore: a memory bank of good patch features, scored by nearest-neighbour distance (anomalib's ``Patchcore``).
+
+Fitting keeps a greedy k-center coreset of the training patches (``coreset.py``: the same selection as
+anomalib's ``KCenterGreedy``, fast enough for 2 cores). The exported graph computes what anomalib's
+``PatchcoreModel`` computes, leaner:
+
+* the bank is float32 and stored transposed with its squared norms, so every patch-to-bank distance is
+  one matmul (``|x|^2 - 2 x.b + |b|^2``) and the nearest neighbour a reduction over it;
+* the anomaly map's 33x33 Gaussian blur runs as two 1-D passes (``ir.SeparableGaussianBlur``);
+* the image score is anomalib's: the largest patch distance, re-weighted by how far that patch lies
+  from the nearest bank entry's own neighbours (``num_neighbors``). It is not the map's maximum.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import torch
+from anomalib.models import Patchcore
+from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+from anomalib.pre_processing import PreProcessor
+from torch import nn
+from torch.nn import functional
+from torchvision.transforms.v2 import Normalize
+
+from visinspect_api.model_repository import ArchitectureName
+from visinspect_training import ir
+from visinspect_training.coreset import greedy_coreset
+from visinspect_training.errors import ConfigError
+
+if TYPE_CHECKING:
+    from visinspect_training.train import TrainConfig
+
+
+def coreset_size(patches: int, ratio: float) -> int:
+    """How many of ``patches`` training patches the memory bank keeps at ``ratio`` (at least one)."""
+    return max(1, int(patches * ratio))
+
+
+def memory_bank(patches: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
+    """The greedy k-center coreset of ``patches`` [M, D] at ``ratio``, float32."""
+    chosen = greedy_coreset(patches, coreset_size(patches.shape[0], ratio), seed=seed)
+    return patches[chosen].float().contiguous()
+
+
+class FastCoresetPatchcore(Patchcore):
+    """anomalib's ``Patchcore`` with its coreset selected by :func:`memory_bank` (seeded)."""
+
+    def __init__(self, *, seed: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.seed = seed
+
+    def fit(self) -> None:
+        """Keep the coreset of every training patch collected by the training steps."""
+        store = self.model.embedding_store
+        if not store:
+            raise ValueError("no training patches were collected: the training split is empty")
+        patches = torch.vstack(store)
+        store.clear()
+        self.model.memory_bank = memory_bank(patches, self.coreset_sampling_ratio, self.seed)
+
+
+class ServingPatchcore(nn.Module):
+    """The exported graph: anomalib's PatchCore computation with a matmul nearest-neighbour search."""
+
+    def __init__(self, model: PatchcoreModel) -> None:
+        super().__init__()
+        if model.tiler is not None:
+            raise ValueError("tiled PatchCore models are not supported by the export")
+        bank = model.memory_bank.detach().float()
+        if bank.shape[0] == 0:
+            raise ValueError("the PatchCore memory bank is empty: fit the model first")
+        self.model = model.eval()
+        self.normalise = ir.ContractInput()
+        self.register_buffer("bank_transposed", bank.t().contiguous())  # [D, M]: the only copy in the graph
+        self.register_buffer("bank_squared", bank.pow(2).sum(1))
+        self.neighbors = min(model.num_neighbors, bank.shape[0])
+        self.blur = ir.SeparableGaussianBlur(model.anomaly_map_generator.blur)
+
+    def _squared_distances(self, queries: torch.Tensor) -> torch.Tensor:
+        """Squared distances [..., M] from queries [..., D] to every bank entry."""
+        return (queries.pow(2).sum(-1, keepdim=True) - 2.0 * torch.matmul(queries, self.bank_transposed)).add(
+            self.bank_squared
+        )
+
+    def _entries(self, indices: torch.Tensor) -> torch.Tensor:
+        """Bank entries [len(indices), D]."""
+        return self.bank_transposed.index_select(1, indices).t()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tensor = self.normalise(images)
+        features = self.model.feature_extractor(tensor)
+        embedding = self.model.generate_embedding({k: self.model.feature_pooler(v) for k, v in features.items()})
+        batch, dimensions, height, width = embedding.shape
+        patches = embedding.permute(0, 2, 3, 1).reshape(batch, height * width, dimensions)
+        nearest_squared, location = self._squared_distances(patches).min(dim=-1)
+        patch_scores = nearest_squared.clamp(min=0).sqrt()  # [N, P]
+        score, worst = patch_scores.max(dim=1)
+        anomaly_map = self.blur(
+            functional.interpolate(patch_scores.reshape(batch, 1, height, width), size=tensor.shape[-2:])
+        )
+        if self.neighbors == 1:
+            return anomaly_map, score
+        worst_patch = torch.gather(patches, 1, worst.view(batch, 1, 1).expand(batch, 1, dimensions)).squeeze(1)
+        nearest_entry = self._entries(torch.gather(location, 1, worst.view(batch, 1)).view(batch))
+        _, support = torch.topk(self._squared_distances(nearest_entry), self.neighbors, dim=1, largest=False)
+        support_entries = self._entries(support.reshape(-1)).reshape(batch, self.neighbors, dimensions)
+        support_distances = (
+            (
+                worst_patch.pow(2).sum(-1, keepdim=True)
+                - 2.0 * torch.matmul(support_entries, worst_patch.unsqueeze(-1)).squeeze(-1)
+                + support_entries.pow(2).sum(-1)
+            )
+            .clamp(min=0)
+            .sqrt()
+        )
+        weights = 1.0 - functional.softmax(support_distances, dim=1)[:, 0]
+        return anomaly_map, weights * score
+
+
+class PatchcoreFamily:
+    """PatchCore as a :class:`~visinspect_training.families.ModelFamily`."""
+
+    name: ArchitectureName = "patchcore"
+
+    def build(self, config: TrainConfig, pre_trained: bool) -> FastCoresetPatchcore:
+        """anomalib's ``Patchcore`` with ``config``'s backbone, layers, coreset ratio and neighbours."""
+        try:
+            module = FastCoresetPatchcore(
+                seed=config.seed,
+                backbone=config.backbone,
+                layers=list(config.layers),
+                pre_trained=pre_trained,
+                coreset_sampling_ratio=config.coreset_ratio,
+                num_neighbors=config.num_neighbors,
+                pre_processor=PreProcessor(transform=Normalize(mean=ir.IMAGENET_MEAN, std=ir.IMAGENET_STD)),
+                evaluator=False,
+                visualizer=False,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"invalid PatchCore settings for {config.backbone}: {exc}") from exc
+        found = list(module.model.feature_extractor.layers)  # anomalib drops unknown layers with a warning
+        if found != list(config.layers):
+            missing = ", ".join(layer for layer in config.layers if layer not in found)
+            raise ConfigError(f"invalid PatchCore settings for {config.backbone}: no layer {missing}")
+        return module
+
+    def serving_graph(self, model: nn.Module) -> nn.Module:
+        """:class:`ServingPatchcore`."""
+        assert isinstance(model, PatchcoreModel)
+        return ServingPatchcore(model)
+
+    def embed(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """PatchCore's locally averaged patch features [N, D, h, w]."""
+        assert isinstance(model, PatchcoreModel)
+        features = model.feature_extractor(images)
+        return model.generate_embedding({k: model.feature_pooler(v) for k, v in features.items()})
+
+    def fitted_on(self, model: nn.Module, embeddings: torch.Tensor, config: TrainConfig) -> nn.Module:
+        """A copy whose memory bank is the coreset of the patches of ``embeddings`` [N, D, h, w]."""
+        assert isinstance(model, PatchcoreModel)
+        patches = PatchcoreModel.reshape_embedding(embeddings)
+        fold = copy.deepcopy(model)
+        fold.memory_bank = memory_bank(patches, config.coreset_ratio, config.seed)
+        return fold
+
+    def parameters(self, model: nn.Module, config: TrainConfig) -> dict[str, float]:
+        """Coreset ratio, neighbours of the score re-weighting, memory bank size and patch dimensions."""
+        assert isinstance(model, PatchcoreModel)
+        return {
+            "coreset_ratio": config.coreset_ratio,
+            "num_neighbors": float(config.num_neighbors),
+            "memory_bank_size": float(model.memory_bank.shape[0]),
+            "embedding_dim": float(self.feature_dimensions(model, config)),
+        }
+
+    def feature_dimensions(self, model: nn.Module, config: TrainConfig) -> int:
+        """The patch feature length: the channels of every layer, concatenated."""
+        del config
+        assert isinstance(model, PatchcoreModel)
+        return int(model.memory_bank.shape[1])
+
+
+PATCHCORE = PatchcoreFamily()
