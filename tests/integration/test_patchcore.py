@@ -12,11 +12,13 @@ import torch
 from tests.conftest import PATCHCORE_CORESET_RATIO, TINY_IMAGE_SIZE
 from visinspect_api.model_repository import IR_XML_FILENAME
 from visinspect_api.v1 import inspection_pb2 as pb
-from visinspect_training.api import load_run
+from visinspect_training import evaluate, ir
+from visinspect_training.api import export_run, load_run
 from visinspect_training.coreset import greedy_coreset
 from visinspect_training.crossfit import out_of_fold_scores
 from visinspect_training.data import build_datamodule, fold_assignment
 from visinspect_training.evaluate import score_images, to_uint8_nhwc
+from visinspect_training.families import patchcore, scoring_batch_size
 from visinspect_training.families.patchcore import PATCHCORE, coreset_size
 from visinspect_training.ir import AnomalibReference, ContractInput, compile_ir, infer, torch_outputs
 
@@ -148,3 +150,45 @@ def test_the_server_serves_patchcore_like_its_ir(patchcore_served, patchcore_exp
             assert response.is_anomalous == (raw > metadata.calibration.image_threshold)
             verdicts.add(response.is_anomalous)
     assert verdicts == {True, False}
+
+
+def test_images_per_call_bounds_the_distance_matrix(patchcore_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, config = patchcore_run.model, patchcore_run.config
+    graph = PATCHCORE.serving_graph(model)
+    one_image = graph._squared_distances(torch.zeros(1, PATCHES_PER_IMAGE, EMBEDDING_DIM))
+    per_image = 4 * one_image.numel()
+    assert per_image == 4 * PATCHES_PER_IMAGE * 614
+    assert PATCHCORE.images_per_call(model, config) == patchcore.SCORING_BYTES_PER_CALL // per_image
+    assert scoring_batch_size(model, config) == config.batch_size  # the tiny bank is far below the bound
+    monkeypatch.setattr(patchcore, "SCORING_BYTES_PER_CALL", 3 * per_image + 1)
+    assert PATCHCORE.images_per_call(model, config) == scoring_batch_size(model, config) == 3
+    monkeypatch.setattr(patchcore, "SCORING_BYTES_PER_CALL", 1)
+    assert scoring_batch_size(model, config) == 1
+
+
+def test_export_scores_within_the_bound_and_the_same(
+    patchcore_run, patchcore_exported, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large bank or input makes export score fewer images per call (512x512 at 1 % ran out of 24 GiB)."""
+    per_image = 4 * PATCHES_PER_IMAGE * 614
+    monkeypatch.setattr(patchcore, "SCORING_BYTES_PER_CALL", 2 * per_image)
+    seen: list[int] = []
+
+    def recording(function):
+        def call(scorer, images):
+            seen.append(len(images))
+            return function(scorer, images)
+
+        return call
+
+    monkeypatch.setattr(evaluate, "infer", recording(infer))
+    monkeypatch.setattr(evaluate, "torch_infer", recording(evaluate.torch_infer))
+    monkeypatch.setattr(ir, "torch_outputs", recording(torch_outputs))
+    bounded = export_run(patchcore_run, tmp_path)
+    assert seen and max(seen) == 2
+    assert sum(seen) > TRAIN_IMAGES  # every training image out of fold, then the validation and test splits
+    expected, got = patchcore_exported.metadata, bounded.metadata
+    assert got.calibration.image_threshold == pytest.approx(expected.calibration.image_threshold, rel=1e-5)
+    assert got.calibration.pixel_threshold == pytest.approx(expected.calibration.pixel_threshold, rel=1e-5)
+    assert got.evaluation is not None and expected.evaluation is not None
+    assert got.evaluation.image_auroc == expected.evaluation.image_auroc

@@ -269,6 +269,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from visinspect_training.data import build_datamodule  # noqa: PLC0415
     from visinspect_training.evaluate import evaluate_test_split  # noqa: PLC0415
+    from visinspect_training.families import scoring_batch_size  # noqa: PLC0415
     from visinspect_training.ir import compile_ir  # noqa: PLC0415
     from visinspect_training.train import load_run  # noqa: PLC0415
 
@@ -279,7 +280,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     run = load_run(args.run)
     config = run.config
     precision = args.inference_precision or metadata.inference_precision
-    data = build_datamodule(config.dataset, (config.image_size,) * 2, config.batch_size, config.num_workers)
+    batch_size = scoring_batch_size(run.model, config)
+    data = build_datamodule(config.dataset, (config.image_size,) * 2, batch_size, config.num_workers)
     compiled = compile_ir(args.version_dir / "model.xml", precision)
     evaluation, predictions = evaluate_test_split(compiled, data, metadata.calibration, precision, run.model)
     title = f"{metadata.model_name} {args.version_dir.name}"

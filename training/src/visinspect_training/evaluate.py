@@ -17,6 +17,7 @@ from torch import nn
 
 from visinspect_api.model_repository import Calibration, DefectTypeRecall, Evaluation
 from visinspect_training.data import PreparedData, build_datamodule
+from visinspect_training.families import scoring_batch_size
 from visinspect_training.ir import AnomalibReference, InferencePrecisionName, compile_ir, infer, torch_infer
 from visinspect_training.train import TrainConfig
 
@@ -133,7 +134,11 @@ def evaluate_ir(
 ) -> Evaluation:
     """Score the test split with the IR; compare with anomalib's torch model on identical inputs when given."""
     evaluation, _ = evaluate_test_split(
-        compile_ir(xml_path, precision), _prepare(config), calibration, precision, model
+        compile_ir(xml_path, precision),
+        _prepare(config, config.batch_size if model is None else scoring_batch_size(model, config)),
+        calibration,
+        precision,
+        model,
     )
     return evaluation
 
@@ -154,13 +159,14 @@ def predict_test_split(
     xml_path: Path, config: TrainConfig, calibration: Calibration, precision: InferencePrecisionName
 ) -> TestPredictions:
     """Every test image's raw and normalised score and raw anomaly map, from the IR."""
-    got = score_images(compile_ir(xml_path, precision), _prepare(config).datamodule.test_dataloader(), keep_maps=True)
+    loader = _prepare(config, config.batch_size).datamodule.test_dataloader()
+    got = score_images(compile_ir(xml_path, precision), loader, keep_maps=True)
     return _predictions(got, calibration)
 
 
-def _prepare(config: TrainConfig) -> PreparedData:
+def _prepare(config: TrainConfig, batch_size: int) -> PreparedData:
     size = (config.image_size, config.image_size)
-    return build_datamodule(config.dataset, size, config.batch_size, config.num_workers)
+    return build_datamodule(config.dataset, size, batch_size, config.num_workers)
 
 
 def _predictions(got: Scored, calibration: Calibration) -> TestPredictions:

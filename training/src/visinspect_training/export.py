@@ -23,6 +23,7 @@ from visinspect_training.calibrate import ServedModel, ThresholdOptions, calibra
 from visinspect_training.data import build_datamodule
 from visinspect_training.errors import ConfigError
 from visinspect_training.evaluate import TestPredictions, evaluate_test_split
+from visinspect_training.families import scoring_batch_size
 from visinspect_training.repository import publish, staging_folder, write_ovms_config
 from visinspect_training.train import TrainedRun
 
@@ -84,7 +85,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
         precision = options.inference_precision
         compiled = ir.compile_ir(xml_path, precision)  # type: ignore[arg-type]
         size = (config.image_size, config.image_size)
-        data = build_datamodule(config.dataset, size, config.batch_size, config.num_workers)
+        data = build_datamodule(config.dataset, size, scoring_batch_size(run.model, config), config.num_workers)
         served = ServedModel(
             compiled,
             run.model,

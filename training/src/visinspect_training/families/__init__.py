@@ -48,6 +48,15 @@ class ModelFamily(Protocol):
         """Feature dimensions per position the model scores with."""
         ...
 
+    def images_per_call(self, model: nn.Module, config: TrainConfig) -> int:
+        """The most images one scoring call may take while its working memory stays bounded."""
+        ...
+
+
+def scoring_batch_size(model: nn.Module, config: TrainConfig) -> int:
+    """The batch size of export's and evaluation's loaders: the training batch, bounded by the family."""
+    return max(1, min(config.batch_size, config.family.images_per_call(model, config)))
+
 
 def family(name: str) -> ModelFamily:
     """The family called ``name`` (``padim`` or ``patchcore``)."""

@@ -138,5 +138,10 @@ class PadimFamily:
         del model
         return config.n_features
 
+    def images_per_call(self, model: nn.Module, config: TrainConfig) -> int:
+        """The training batch: PaDiM's scoring memory per image is one embedding, small next to the model."""
+        del model
+        return config.batch_size
+
 
 PADIM = PadimFamily()
