@@ -1,4 +1,7 @@
-"""Turning the suite's measurements into per-phase summaries, the issue's targets, and a Markdown report."""
+"""Turning the suite's measurements into per-phase summaries, the issue's targets, and a Markdown report.
+
+Sections whose measurements an older ``suite.json`` lacks (PatchCore) are left out.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ _STAGES = ("decode_ms", "preprocess_ms", "inference_ms", "postprocess_ms", "tota
 def load(text: str) -> dict[str, Any]:
     """A ``suite.json`` back as the suite made it (JSON turned the client counts into strings)."""
     results = json.loads(text)
-    for backend, kinds in results["throughput"].items():
-        if backend in ("embedded", "kserve"):
-            for kind, runs in kinds.items():
-                kinds[kind] = {int(clients): run for clients, run in runs.items()}
+    by_clients = [kinds for backend, kinds in results["throughput"].items() if backend in ("embedded", "kserve")]
+    if "patchcore" in results:
+        by_clients.append(results["patchcore"]["throughput"])
+    for kinds in by_clients:
+        for kind, runs in kinds.items():
+            kinds[kind] = {int(clients): run for clients, run in runs.items()}
     return results
 
 
@@ -180,6 +185,17 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             idle <= limit,
         )
     )
+    if "patchcore" in r:
+        pair = r["patchcore"]["latency"]["png"]
+        ratio = pair["patchcore"]["facade"]["p50_ms"] / pair["padim"]["facade"]["p50_ms"]
+        out.append(
+            _target(
+                "PatchCore facade p50 / PaDiM facade p50, PNG, 1 client, interleaved through one server",
+                ratio,
+                "<= 2",
+                ratio <= 2,
+            )
+        )
     return out
 
 
@@ -195,6 +211,99 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return [*lines, ""]
+
+
+def _profile_table(profile: dict[str, dict[str, float]]) -> list[str]:
+    parts = sorted({p for run in profile.values() for p in run if p != "wall"})
+    return _table(
+        ["batch", *parts, "wall"],
+        [(k.split("_")[1], *(run.get(p, 0) for p in parts), run["wall"]) for k, run in profile.items()],
+    )
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _families(r: dict[str, Any]) -> list[str]:
+    """PaDiM next to PatchCore: size, fit time, model speed, facade latency and load, memory, AUROC."""
+    pc, model, throughput = r["patchcore"], r["model"], r["throughput"]["embedded"]
+    p = pc["model"]
+    params = p["parameters"]
+    lines = [
+        "## Model families: PaDiM and PatchCore",
+        "",
+        f"PaDiM: {model['backbone']} {' + '.join(model['layers'])}, {model['n_features']} features, "
+        f"{model['image_size']}×{model['image_size']}, {model['inference_precision']}. PatchCore: {p['backbone']} "
+        f"{' + '.join(p['layers'])}, memory bank {params['memory_bank_size']:.0f} × {params['embedding_dim']:.0f} "
+        f"(coreset {params['coreset_ratio']:.0%}), {params['num_neighbors']:.0f} neighbours, "
+        f"{p['image_size']}×{p['image_size']}, {p['inference_precision']}. Both trained on the same bottle images "
+        "and served with the server's defaults. One-client rows: calls to the two models interleaved through one "
+        "server that loads both "
+        f"(idle RSS {pc['memory']['idle_both_models']['rss_mb']:.0f} MB). Load and memory rows: a server that loads "
+        "only that model (PaDiM's from the embedded load above, a different phase).",
+        "",
+    ]
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(label: str, padim: float | None, patchcore: float | None, digits: int = 1) -> None:
+        ratio = f"{patchcore / padim:.2f}" if padim and patchcore is not None else ""
+        rows.append((label, _number(padim, digits), _number(patchcore, digits), ratio))
+
+    row("IR .bin MB", model["ir_bin_mb"], p["ir_bin_mb"], 0)
+    row("fit s (training on the same images)", model["fit_seconds"], p["fit_seconds"], 0)
+    for hint, key, label in (("latency", "median_ms", "median ms"), ("throughput", "throughput_fps", "FPS")):
+        row(
+            f"benchmark_app -hint {hint}, {label}",
+            r["anchors"][f"app_served_{hint}"][key],
+            pc["anchors"][f"app_served_{hint}"][key],
+        )
+    for kind, pair in pc["latency"].items():
+        a, b = pair["padim"], pair["patchcore"]
+        ratio = b["facade"]["p50_ms"] / a["facade"]["p50_ms"]
+        rows.append((f"facade p50 / p99 ms, 1 client, {kind}", _ms(a["facade"]), _ms(b["facade"]), f"{ratio:.2f}"))
+        row(
+            f"server inference p50 ms, 1 client, {kind}",
+            a["server_stage_p50_ms"]["inference_ms"],
+            b["server_stage_p50_ms"]["inference_ms"],
+        )
+    for kind, runs in pc["throughput"].items():
+        for clients, run in runs.items():
+            label = f"images/s, {clients} client{'s' * (clients > 1)}, {kind}"
+            row(label, throughput[kind][clients]["images_per_s"], run["images_per_s"])
+    if 8 in pc["throughput"].get("raw", {}):
+        row(
+            "facade CPU ms/image, 8 clients, raw",
+            throughput["raw"][8]["server_cpu_ms_per_image"],
+            pc["throughput"]["raw"][8]["server_cpu_ms_per_image"],
+            0,
+        )
+    row("facade idle RSS MB", r["memory"]["idle"]["rss_mb"], pc["memory"]["idle"]["rss_mb"], 0)
+    if 8 in pc["throughput"].get("png", {}):
+        row(
+            "facade peak RSS MB after PNG load up to 8 clients",
+            throughput["png"][8]["server_memory_mb"].get("peak_rss_mb"),
+            pc["throughput"]["png"][8]["server_memory_mb"].get("peak_rss_mb"),
+            0,
+        )
+    png = pc["latency"]["png"]
+    row(
+        f"image AUROC, all {r['inputs']['images']} test images through the facade",
+        png["padim"].get("auroc_all_test_images"),
+        png["patchcore"].get("auroc_all_test_images"),
+        4,
+    )
+    padim_eval, patchcore_eval = model["evaluation"].get("bottle"), p["evaluation"]
+    if padim_eval and patchcore_eval:
+        row(
+            f"image AUROC, export evaluation ({patchcore_eval['num_images']} held-out test images)",
+            padim_eval["image_auroc"],
+            patchcore_eval["image_auroc"],
+            4,
+        )
+    lines += _table(["", "PaDiM", "PatchCore", "PatchCore / PaDiM"], rows)
+    lines += ["Where PatchCore's time goes (OpenVINO per-layer counters, ms per image):", ""]
+    return lines + _profile_table(pc["profile"])
 
 
 def markdown(r: dict[str, Any]) -> str:  # noqa: PLR0915 - one section after the other
@@ -257,11 +366,7 @@ def markdown(r: dict[str, Any]) -> str:  # noqa: PLR0915 - one section after the
         )
     lines += _table(["anchor", "precision", "latency p50 ms", "images/s"], rows)
     lines += ["Where the served model's time goes (OpenVINO per-layer counters, ms per image):", ""]
-    parts = sorted({p for run in r["profile"].values() for p in run if p != "wall"})
-    lines += _table(
-        ["batch", *parts, "wall"],
-        [(k.split("_")[1], *(run.get(p, 0) for p in parts), run["wall"]) for k, run in r["profile"].items()],
-    )
+    lines += _profile_table(r["profile"])
     lines += ["## One client (embedded backend, LATENCY hint, micro-batching on)", ""]
     rows = []
     for kind in INPUT_KINDS:
@@ -370,6 +475,8 @@ def markdown(r: dict[str, Any]) -> str:  # noqa: PLR0915 - one section after the
         + ".",
         "",
     ]
+    if "patchcore" in r:
+        lines += _families(r)
     mem, inst = r["memory"], r["install"]
     lines += ["## Memory and install size", ""]
     lines += _table(

@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.suite [--dataset-root DIR] [--out-dir docs/benchmarks] [--quick]
 
 Trains PaDiM on MVTec AD bottle (default backbone) in a child process, exports it (our IR at f32 and at
-bf16, and anomalib's own export of the same checkpoint), then measures, in this order:
+bf16, and anomalib's own export of the same checkpoint), trains and exports PatchCore (its defaults, f32) on
+the same images, then measures, in this order:
 
 1. ``benchmark_app`` on the served IR and on anomalib's IR (``-hint latency`` and ``-hint throughput``).
 2. anomalib's ``OpenVINOInferencer.predict(path)`` in a loop (what a user would write instead).
@@ -14,6 +15,9 @@ bf16, and anomalib's own export of the same checkpoint), then measures, in this 
 5. Closed-loop load at 1, 2, 4, 8 and 16 clients per input type, embedded and KServe backends; the
    unbatched facade and the bf16 model at 8 clients.
 6. Server memory (idle and peak RSS) and the server's installed dependency size.
+7. PatchCore next to PaDiM at equal work (same images, 256x256, f32, server defaults): ``benchmark_app``,
+   its profile, PaDiM and PatchCore facade calls interleaved through one server (PNG and raw), closed-loop
+   load at 1 and 8 clients and the idle and peak RSS of a server that loads only PatchCore.
 
 Writes ``suite.json`` (every number) and ``suite.md`` (tables, targets) into ``--out-dir``. Every
 comparison is a ratio of two numbers from this run; latencies are medians after warm-up, throughput is
@@ -27,7 +31,9 @@ import collections
 import contextlib
 import json
 import logging
+import re
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -59,7 +65,11 @@ from visinspect_api.v1 import inspection_pb2_grpc as pb_grpc
 DEFAULT_DATASET_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvtec_ad"
 CATEGORY = "bottle"
 BF16_MODEL = "bottle_bf16"
+PATCHCORE_MODEL = "bottle_patchcore"
 CLIENT_COUNTS = (1, 2, 4, 8, 16)
+FAMILY_CLIENT_COUNTS = (1, 8)
+FAMILY_INPUT_KINDS = ("png", "raw")
+GRPC_OPTIONS = [("grpc.max_send_message_length", 64 << 20)]
 
 log = logging.getLogger("benchmarks")
 
@@ -113,16 +123,31 @@ def model_profile(xml: Path, precision: str) -> dict[str, dict[str, float]]:
             request.infer({0: images})
             walls.append((time.perf_counter() - started) * 1e3 / batch)
             for layer in request.profiling_info:
-                parts[_part(layer.node_name)] += layer.real_time.total_seconds() * 1e3 / rounds / batch
+                parts[_part(layer.node_name, layer.node_type)] += layer.real_time.total_seconds() * 1e3 / rounds / batch
         wall = float(np.median(walls))
         result[f"batch_{batch}"] = {name: round(ms, 2) for name, ms in parts.most_common()} | {"wall": round(wall, 2)}
     return result
 
 
-def _part(node: str) -> str:
+_NEAREST_NEIGHBOUR_OPS = re.compile(
+    r"aten::(matmul|min|max|topk|pow|sum|sub|add|clamp|sqrt|gather|t|softmax|select|rsub|mul|expand)/"
+)
+_SCORING_TYPES = frozenset({"FullyConnected", "MatMul", "TopK"})
+
+
+def _part(node: str, node_type: str) -> str:
+    """The part of the graph an executed layer belongs to.
+
+    PaDiM's Mahalanobis step lives in the ``distance`` module. PatchCore's nearest-neighbour search and
+    score re-weighting are top-level ``aten::`` operations of its serving graph (the normalisation, backbone
+    and blur are under ``__module.``); its matmuls run as FullyConnected layers that OpenVINO renames, and the
+    convolutional backbones have no FullyConnected, MatMul or TopK layer.
+    """
     for key, part in (("distance", "scoring"), ("blur", "blur"), ("interpolate", "upsampling")):
         if key in node.lower():
             return part
+    if node_type in _SCORING_TYPES or _NEAREST_NEIGHBOUR_OPS.match(node):
+        return "scoring"
     return "backbone and embedding"
 
 
@@ -150,6 +175,26 @@ def load_point(
     )  # fmt: skip
 
 
+def load_grid(
+    args: argparse.Namespace,
+    server: Server,
+    inputs: Inputs,
+    model: str,
+    *,
+    kinds: Sequence[str] = INPUT_KINDS,
+    client_counts: Sequence[int] = CLIENT_COUNTS,
+    behind: StandIn | None = None,
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """:func:`load_point` for every input kind and client count, calling ``model``."""
+    return {
+        kind: {
+            clients: load_point(args, server, inputs.requests(model, kind), clients, behind)
+            for clients in client_counts
+        }
+        for kind in kinds
+    }
+
+
 def one_client(args: argparse.Namespace, calls: dict[str, Any]) -> dict[str, list[tuple[float, Any]]]:
     """Interleaved calls, with the suite's warm-up and count."""
     return interleaved(calls, args.requests, warmup=5 if args.quick else 10)
@@ -165,10 +210,11 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
     repository, cache = scratch / "repository", scratch / "cache"
     results: dict[str, Any] = {"machine": machine_info()}
     prepared_file = scratch / "prepared.json"
-    if prepared_file.exists():
-        prepared = json.loads(prepared_file.read_text())
-        log.info("reusing the model prepared in %s", scratch)
+    prepared = json.loads(prepared_file.read_text()) if prepared_file.exists() else {}
+    if PATCHCORE_MODEL in prepared.get("versions", {}):
+        log.info("reusing the models prepared in %s", scratch)
     else:
+        shutil.rmtree(repository, ignore_errors=True)  # the servers would also load older versions
         with step("train and export (child process)", meter):
             prepared = training_side(
                 "prepare", "--dataset-root", str(args.dataset_root), "--repository", str(repository),
@@ -182,6 +228,7 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
     size = metadata.input.height
     results["model"] = {
         "backbone": metadata.backbone.name,
+        "layers": list(metadata.backbone.layers),
         "n_features": metadata.backbone.n_features,
         "image_size": size,
         "inference_precision": metadata.inference_precision,
@@ -190,7 +237,7 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
         "anomalib_bin_mb": anomalib_xml.with_suffix(".bin").stat().st_size / 1e6,
         "anomalib_pre_processor": prepared["anomalib_pre_processor"],
         "fit_seconds": prepared["fit_seconds"],
-        "evaluation": prepared["evaluation"],
+        "evaluation": {name: prepared["evaluation"][name] for name in (CATEGORY, BF16_MODEL)},
     }
     results["inputs"] = {
         "images": len(inputs),
@@ -239,7 +286,7 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
     throughput: dict[str, Any] = {}
     with running_server(repository, [CATEGORY], cache, meter) as server:
         idle = memory_mb(server.process.pid)
-        with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        with grpc.insecure_channel(server.address, options=GRPC_OPTIONS) as channel:
             stub = pb_grpc.InspectionServiceStub(channel)
             with step("one client: facade vs in-process", meter):
                 for kind in INPUT_KINDS:
@@ -269,13 +316,7 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
                         kind: load_point(args, unbatched, inputs.requests(CATEGORY, kind), 8) for kind in ("raw", "png")
                     }
             with step("closed-loop load, embedded backend", meter):
-                throughput["embedded"] = {
-                    kind: {
-                        clients: load_point(args, server, inputs.requests(CATEGORY, kind), clients)
-                        for clients in CLIENT_COUNTS
-                    }
-                    for kind in INPUT_KINDS
-                }
+                throughput["embedded"] = load_grid(args, server, inputs, CATEGORY)
         results["memory"] = {
             "idle": idle,
             "idle_unbatched": idle_unbatched,
@@ -306,13 +347,7 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
                         )
                         latency["kserve"][kind] = {name: summary([ms for ms, _ in c]) for name, c in got.items()}
                 with step("closed-loop load, kserve backend", meter):
-                    throughput["kserve"] = {
-                        kind: {
-                            clients: load_point(args, kserve, inputs.requests(CATEGORY, kind), clients, standin)
-                            for clients in CLIENT_COUNTS
-                        }
-                        for kind in INPUT_KINDS
-                    }
+                    throughput["kserve"] = load_grid(args, kserve, inputs, CATEGORY, behind=standin)
     with (
         running_server(repository, [BF16_MODEL], cache, meter) as bf16,
         grpc.insecure_channel(bf16.address) as channel,
@@ -326,8 +361,71 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
         }
     results["latency"] = latency
     results["throughput"] = throughput
+    results["patchcore"] = patchcore_phases(args, scratch, prepared, inputs, meter)
     results["install"] = installed_size()
     return results
+
+
+def patchcore_phases(
+    args: argparse.Namespace, scratch: Path, prepared: dict[str, Any], inputs: Inputs, meter: CpuMeter
+) -> dict[str, Any]:
+    """PatchCore at PaDiM's work: the same images, input size, precision and server settings."""
+    labels = labels_of(inputs)
+    repository, cache = scratch / "repository", scratch / "cache"
+    version_dir = repository / PATCHCORE_MODEL / str(prepared["versions"][PATCHCORE_MODEL])
+    metadata = read_metadata(version_dir)
+    xml = version_dir / IR_XML_FILENAME
+    size = metadata.input.height
+    out: dict[str, Any] = {
+        "model": {
+            "name": PATCHCORE_MODEL,
+            "backbone": metadata.backbone.name,
+            "layers": list(metadata.backbone.layers),
+            "parameters": dict(metadata.parameters),
+            "image_size": size,
+            "inference_precision": metadata.inference_precision,
+            "ir_precision": metadata.ir_precision,
+            "ir_bin_mb": (version_dir / IR_BIN_FILENAME).stat().st_size / 1e6,
+            "fit_seconds": prepared["fit_seconds_by_model"][PATCHCORE_MODEL],
+            "evaluation": prepared["evaluation"].get(PATCHCORE_MODEL),
+        }
+    }
+    with step("PatchCore: benchmark_app", meter):
+        out["anchors"] = {
+            f"app_served_{hint}": benchmark_app(
+                xml, hint, f"[1,{size},{size},3]", metadata.inference_precision, args.app_seconds
+            )
+            for hint in ("latency", "throughput")
+        }
+    with step("PatchCore: model profile", meter):
+        out["profile"] = model_profile(xml, metadata.inference_precision)
+    with (
+        running_server(repository, [CATEGORY, PATCHCORE_MODEL], cache, meter) as both,
+        grpc.insecure_channel(both.address, options=GRPC_OPTIONS) as channel,
+        step("one client: PaDiM vs PatchCore facade, one server", meter),
+    ):
+        out["memory"] = {"idle_both_models": memory_mb(both.process.pid)}
+        stub = pb_grpc.InspectionServiceStub(channel)
+        out["latency"] = {}
+        for kind in FAMILY_INPUT_KINDS:
+            got = one_client(
+                args,
+                {
+                    "padim": facade_call(stub, inputs.requests(CATEGORY, kind)),
+                    "patchcore": facade_call(stub, inputs.requests(PATCHCORE_MODEL, kind)),
+                },
+            )
+            out["latency"][kind] = {
+                name: report.latency_entry({"facade": calls}, inputs, labels) for name, calls in got.items()
+            }
+    with running_server(repository, [PATCHCORE_MODEL], cache, meter) as server:
+        out["memory"]["idle"] = memory_mb(server.process.pid)
+        with step("closed-loop load, PatchCore", meter):
+            out["throughput"] = load_grid(
+                args, server, inputs, PATCHCORE_MODEL, kinds=FAMILY_INPUT_KINDS, client_counts=FAMILY_CLIENT_COUNTS
+            )
+        out["memory"]["after_load"] = memory_mb(server.process.pid)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,6 +54,11 @@ class Recipe:
 RECIPES = {
     "padim": Recipe("PaDiM (default)", "padim"),
     "patchcore": Recipe("PatchCore 1 %", "patchcore"),
+    **{
+        f"patchcore-{size}": Recipe(f"PatchCore 1 % at {size}", "patchcore", image_size=size)
+        for size in (320, 384, 512)
+    },
+    **{f"padim-{size}": Recipe(f"PaDiM at {size}", "padim", image_size=size) for size in (320, 384)},
 }
 
 
