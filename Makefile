@@ -30,7 +30,7 @@ $(KSTAMP):
 	touch $@
 
 # DATASET=mvtec CATEGORY=bottle trains on MVTec AD instead (downloaded where the network allows);
-# MODEL=patchcore fits PatchCore instead of PaDiM.
+# MODEL=padim fits PaDiM instead of the default PatchCore.
 demo: install
 	$(BIN)/python scripts/demo.py
 

@@ -34,7 +34,7 @@ def prepare(dataset_root: Path, repository: Path, scratch: Path) -> dict[str, ob
 
     started = time.monotonic()
     spec = DatasetSpec(kind="mvtec", root=dataset_root, category=CATEGORY)
-    run = train(TrainConfig(model_name=CATEGORY, dataset=spec), scratch / "runs")
+    run = train(TrainConfig(model_name=CATEGORY, dataset=spec, model="padim"), scratch / "runs")
     fit_s = time.monotonic() - started
     f32 = export_run(run, repository)
     bf16_run = dataclasses.replace(run, config=dataclasses.replace(run.config, model_name=BF16_MODEL))

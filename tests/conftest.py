@@ -30,7 +30,7 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory):
     dataset = DatasetSpec(
         kind="synthetic", root=tmp_path_factory.mktemp("synthetic"), category="brick", synthetic=synthetic
     )
-    return TrainConfig(model_name="brick", dataset=dataset, image_size=TINY_IMAGE_SIZE, n_features=50)
+    return TrainConfig(model_name="brick", dataset=dataset, model="padim", image_size=TINY_IMAGE_SIZE, n_features=50)
 
 
 @pytest.fixture(scope="session")

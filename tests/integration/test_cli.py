@@ -17,8 +17,8 @@ from visinspect_training.cli import main
 def test_run_trains_exports_and_prints_the_evaluation(tmp_path: Path, capsys) -> None:
     # Its own data root: generating with the command's defaults must not rewrite the session's dataset.
     status = main([
-        "run", "--dataset", "synthetic", "--data-root", str(tmp_path / "synthetic"), "--category", "brick",
-        "--image-size", str(TINY_IMAGE_SIZE), "--n-features", "50", "--runs", str(tmp_path / "runs"),
+        "run", "--model", "padim", "--dataset", "synthetic", "--data-root", str(tmp_path / "synthetic"),
+        "--category", "brick", "--image-size", str(TINY_IMAGE_SIZE), "--n-features", "50", "--runs", str(tmp_path / "runs"),
         "--repository", str(tmp_path / "repository"),
     ])  # fmt: skip
     captured = capsys.readouterr()
@@ -43,9 +43,9 @@ def test_run_trains_exports_and_prints_the_evaluation(tmp_path: Path, capsys) ->
     assert metadata.backbone.n_features == 50
 
 
-def test_run_with_patchcore_exports_a_patchcore(tmp_path: Path, capsys) -> None:
+def test_run_exports_a_patchcore_by_default(tmp_path: Path, capsys) -> None:
     status = main([
-        "run", "--model", "patchcore", "--coreset-ratio", "0.05", "--dataset", "synthetic",
+        "run", "--coreset-ratio", "0.05", "--dataset", "synthetic",
         "--data-root", str(tmp_path / "synthetic"), "--category", "brick", "--image-size", str(TINY_IMAGE_SIZE),
         "--runs", str(tmp_path / "runs"), "--repository", str(tmp_path / "repository"), "--no-report",
     ])  # fmt: skip
@@ -66,8 +66,8 @@ def test_run_with_patchcore_exports_a_patchcore(tmp_path: Path, capsys) -> None:
     [
         (["--backbone", "resnet_9000"], "unknown backbone 'resnet_9000'"),
         (["--backbone", "resnet18"], "no built-in weights for 'resnet18'"),
-        (["--layers", "blocks.1,blocks.99"], "invalid PaDiM settings"),
-        (["--n-features", "5000"], "invalid PaDiM settings"),
+        (["--model", "padim", "--layers", "blocks.1,blocks.99"], "invalid PaDiM settings"),
+        (["--model", "padim", "--n-features", "5000"], "invalid PaDiM settings"),
         (["--model", "patchcore", "--layers", "blocks.2,blocks.99"], "invalid PatchCore settings"),
         (["--model", "patchcore", "--coreset-ratio", "0"], "coreset ratio must be in (0, 1], got 0.0"),
         (["--model", "patchcore", "--coreset-ratio", "1.5"], "coreset ratio must be in (0, 1], got 1.5"),

@@ -20,7 +20,7 @@ def run_demo(tmp_path: Path) -> subprocess.CompletedProcess[str]:
 def test_demo_trains_serves_scores_and_reuses_the_model(tmp_path: Path) -> None:
     first = run_demo(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "==> training padim on synthetic/brick" in first.stdout
+    assert "==> training patchcore on synthetic/brick" in first.stdout
     assert "AUROC" in first.stdout
     overlays = list((tmp_path / "out" / "overlays").rglob("*.png"))
     assert len(overlays) == len(list((tmp_path / "data" / "brick" / "test").rglob("*.png")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +103,21 @@ def test_saved_run_reloads_to_the_same_model(trained_run) -> None:
     reloaded = load_run(trained_run.run_dir)
     assert reloaded.config == trained_run.config
     assert reloaded.f1_calibration == trained_run.f1_calibration
+    for name, tensor in trained_run.model.state_dict().items():
+        assert torch.equal(tensor, reloaded.model.state_dict()[name]), name
+
+
+def test_a_run_saved_before_model_families_reloads_as_padim(trained_run, tmp_path: Path) -> None:
+    old_run = tmp_path / "run"
+    shutil.copytree(trained_run.run_dir, old_run)
+    info_file = old_run / "run.json"
+    info = json.loads(info_file.read_text())
+    for key in ("model", "coreset_ratio", "num_neighbors"):
+        del info["config"][key]
+    info_file.write_text(json.dumps(info))
+    reloaded = load_run(old_run)
+    assert reloaded.config.model == "padim"
+    assert reloaded.config == trained_run.config
     for name, tensor in trained_run.model.state_dict().items():
         assert torch.equal(tensor, reloaded.model.state_dict()[name]), name
 

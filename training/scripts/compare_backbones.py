@@ -49,6 +49,7 @@ def main() -> None:
                     config = TrainConfig(
                         model_name=dataset.display_name,
                         dataset=dataset,
+                        model="padim",
                         backbone=backbone,
                         layers=layers,
                         n_features=n_features,

@@ -12,14 +12,23 @@ half of the test split (the other half is the validation split). Columns:
 * fit and export seconds (export includes out-of-fold calibration and evaluation), the IR's size,
   and the median latency of one image through the compiled IR (batch 1, after warm-up).
 
-    .venv/bin/python training/scripts/compare_models.py --out docs/model-comparison.md
+The table behind the default (docs/model-comparison-table.md), and the input sizes
+(docs/model-comparison-sizes.md):
+
+    .venv/bin/python training/scripts/compare_models.py --synthetic \\
+        --recipes padim,patchcore,patchcore-blocks246 --out docs/model-comparison-table.md
+    .venv/bin/python training/scripts/compare_models.py --categories screw,transistor \\
+        --recipes patchcore-320,patchcore-384,padim-384 --out docs/model-comparison-sizes.md
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
+import shlex
+import sys
 import tempfile
 import time
 import warnings
@@ -52,13 +61,16 @@ class Recipe:
 
 
 RECIPES = {
-    "padim": Recipe("PaDiM (default)", "padim"),
-    "patchcore": Recipe("PatchCore 1 %", "patchcore"),
+    "padim": Recipe("PaDiM", "padim"),
+    "patchcore": Recipe("PatchCore 1 % (default)", "patchcore"),
     **{
         f"patchcore-{size}": Recipe(f"PatchCore 1 % at {size}", "patchcore", image_size=size)
         for size in (320, 384, 512)
     },
     **{f"padim-{size}": Recipe(f"PaDiM at {size}", "padim", image_size=size) for size in (320, 384)},
+    "patchcore-blocks246": Recipe(
+        "PatchCore 1 %, blocks.2+4+6", "patchcore", layers=("blocks.2", "blocks.4", "blocks.6")
+    ),
 }
 
 
@@ -163,10 +175,10 @@ def main() -> None:
     print(text)
     if args.out:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-        machine = f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores"
+        machine = f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores"
+        command = shlex.join([".venv/bin/python", "training/scripts/compare_models.py", *sys.argv[1:]])
         args.out.write_text(
-            f"# Model families compared\n\nMade by `.venv/bin/python training/scripts/compare_models.py "
-            f"--out {args.out}` on {stamp} ({machine}).\n\n{text}\n",
+            f"# Model families compared\n\nMade by `{command}` on {stamp} ({machine}).\n\n{text}\n",
             encoding="utf-8",
         )
 

@@ -36,7 +36,7 @@ FOLD_COUNTS = (5, 10)
 def measure(category: str, seed: int, work: Path) -> list[dict[str, object]]:
     """One fit on two thirds of the good training images; one row per fold count."""
     dataset = DatasetSpec(kind="mvtec", root=SHARED, category=category, seed=seed, calibration_fraction=1 / 3)
-    run = train(TrainConfig(model_name=category, dataset=dataset, seed=seed), work / "runs")
+    run = train(TrainConfig(model_name=category, dataset=dataset, model="padim", seed=seed), work / "runs")
     size = DEFAULT_IMAGE_SIZE
     data = build_datamodule(dataset, (size, size))
     model, _, _ = ir.convert(run.config.family.serving_graph(run.model), size)

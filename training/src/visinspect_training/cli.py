@@ -167,7 +167,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=MODEL_FAMILIES,
         default=DEFAULT_MODEL,
-        help="model family: padim (a Gaussian per position) or patchcore (a memory bank of good patches)",
+        help=f"model family (default: {DEFAULT_MODEL}): patchcore (a memory bank of good patches) or padim "
+        "(a Gaussian per position)",
     )
     group.add_argument("--backbone", default=DEFAULT_BACKBONE)
     group.add_argument(

@@ -1,14 +1,14 @@
 """Training defaults, importable without torch (the CLI builds its help from them).
 
-Chosen by measured accuracy on MVTec bottle and the three synthetic textures (image AUROC and pixel
-AUROC from the exported IR): see docs/backbone-comparison.md.
+The family is chosen by the comparison over MVTec screw, transistor, bottle and the synthetic textures
+(docs/model-comparison.md); the backbone by docs/backbone-comparison.md.
 """
 
 from typing import get_args
 
 from visinspect_api.model_repository import ArchitectureName
 
-DEFAULT_MODEL: ArchitectureName = "padim"
+DEFAULT_MODEL: ArchitectureName = "patchcore"
 MODEL_FAMILIES: tuple[ArchitectureName, ...] = get_args(ArchitectureName)
 DEFAULT_BACKBONE = "mobilenetv2_100"
 DEFAULT_LAYERS = ("blocks.1", "blocks.2", "blocks.4")  # PaDiM's

@@ -270,6 +270,7 @@ def _to_jsonable(value: Any) -> Any:
 
 
 def _config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    data = {"model": "padim", **data}  # runs saved before model families have no "model": they are PaDiM
     dataset = dict(data["dataset"])
     for key in ("root", "normal_dir", "normal_test_dir"):
         dataset[key] = Path(dataset[key]) if dataset[key] else None
