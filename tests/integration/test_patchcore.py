@@ -60,6 +60,7 @@ def test_evaluation_and_metadata_describe_a_patchcore(patchcore_exported) -> Non
         "num_neighbors": 9.0,
         "memory_bank_size": 614.0,
         "embedding_dim": float(EMBEDDING_DIM),
+        "tiles": 1.0,
     }
     assert metadata.backbone.layers == ("blocks.2", "blocks.4")
     assert metadata.backbone.n_features == EMBEDDING_DIM

@@ -231,7 +231,8 @@ class ModelMetadata:
     """Everything the server needs besides the IR itself, for one model version.
 
     ``parameters`` are the architecture's numeric parameters, by name (PaDiM: ``n_features``; PatchCore:
-    ``coreset_ratio``, ``num_neighbors``, ``memory_bank_size``, ``embedding_dim``); empty before schema 3.
+    ``coreset_ratio``, ``num_neighbors``, ``memory_bank_size``, ``embedding_dim``; both: ``tiles`` per side of
+    the input, 1 when untiled, absent from earlier exports); empty before schema 3.
     """
 
     model_name: str

@@ -30,6 +30,7 @@ from visinspect_training.defaults import (
     DEFAULT_NUM_NEIGHBORS,
     DEFAULT_TARGET_FALSE_REJECT_RATE,
     DEFAULT_THRESHOLD_METHOD,
+    DEFAULT_TILES,
     MODEL_FAMILIES,
 )
 from visinspect_training.errors import TrainingError
@@ -190,7 +191,16 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_NUM_NEIGHBORS,
         help="PatchCore: bank neighbours that re-weight the image score",
     )
-    group.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    group.add_argument(
+        "--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="the model's square input (images are resized to it)"
+    )
+    group.add_argument(
+        "--tiles",
+        type=int,
+        default=DEFAULT_TILES,
+        help="tiles per side: the backbone embeds each of tiles x tiles tiles of the input on its own and the "
+        "features are stitched back (e.g. --image-size 512 --tiles 2: four 256x256 tiles)",
+    )
     group.add_argument("--seed", type=int, default=0)
     group.add_argument(
         "--weights",
@@ -352,6 +362,7 @@ def _train(args: argparse.Namespace):  # noqa: ANN202 - TrainedRun, imported laz
         coreset_ratio=args.coreset_ratio,
         num_neighbors=args.num_neighbors,
         image_size=args.image_size,
+        tiles=args.tiles,
         seed=args.seed,
         weights=WeightsSpec(source=source, file=args.weights_file, file_sha256=args.weights_sha256),
         batch_size=args.batch_size,

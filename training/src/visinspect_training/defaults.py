@@ -17,6 +17,7 @@ DEFAULT_LAYERS = ("blocks.1", "blocks.2", "blocks.4")  # PaDiM's
 DEFAULT_LAYERS_BY_MODEL = {"padim": DEFAULT_LAYERS, "patchcore": ("blocks.2", "blocks.4")}
 DEFAULT_N_FEATURES = 100  # PaDiM: feature dimensions kept per position
 DEFAULT_IMAGE_SIZE = 256
+DEFAULT_TILES = 1  # per side; tiling measured in docs/model-comparison.md
 
 # PatchCore: the memory bank keeps this share of the training patches (greedy k-center coreset), and
 # the image score is re-weighted by this many of the nearest patch's neighbours in the bank.

@@ -134,7 +134,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
             software=_software_versions(),
             evaluation=evaluation,
             architecture=family.name,
-            parameters=family.parameters(run.model, config),
+            parameters={**family.parameters(run.model, config), "tiles": float(config.tiles)},
         )
         write_metadata(staged, metadata)
         version = publish(staged, repository / config.model_name)

@@ -3,11 +3,13 @@
 Each family (``families/``) builds a serving graph, a torch module from the contract's input to the two
 outputs; this module converts it to OpenVINO with named, dynamic-batch inputs and outputs, saves it,
 compiles it at an explicit precision and runs it. The pieces every graph shares are here too: the
-in-graph normalisation of the uint8 input and the separable Gaussian blur of the anomaly map.
+in-graph normalisation of the uint8 input, the separable Gaussian blur of the anomaly map, and the tiling
+of a tiled model's input (each tile embedded on its own, the embeddings stitched back).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -74,6 +76,51 @@ class SeparableGaussianBlur(nn.Module):
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         padded = functional.pad(maps, self.padding, mode=self.border_type)
         return functional.conv2d(functional.conv2d(padded, self.vertical), self.horizontal)
+
+
+def grid_tile_size(model: nn.Module) -> int | None:
+    """The tile side of a model fitted on a grid of square tiles (anomalib's ``tiler``), None when untiled.
+
+    Only the grid this project fits with is served: square tiles, stride equal to the tile size, no
+    border removal, so the tiles cover the input exactly once.
+    """
+    tiler = getattr(model, "tiler", None)
+    if tiler is None:
+        return None
+    tile = tiler.tile_size_h
+    if (tiler.tile_size_w, tiler.stride_h, tiler.stride_w, tiler.remove_border_count) != (tile, tile, tile, 0):
+        raise ValueError("only a grid of square, non-overlapping tiles with no border removal is supported")
+    return int(tile)
+
+
+def split_tiles(images: torch.Tensor, tile: int) -> torch.Tensor:
+    """[N, C, H, W] to its tiles [N * H/tile * W/tile, C, tile, tile]: per image, row by row (anomalib's order)."""
+    channels, height, width = images.shape[1:]
+    rows, columns = height // tile, width // tile
+    grid = images.reshape(-1, channels, rows, tile, columns, tile).permute(0, 2, 4, 1, 3, 5)
+    return grid.reshape(-1, channels, tile, tile)
+
+
+def stitch_tiles(tiles: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """The inverse of :func:`split_tiles` for per-tile maps of any size: [N * rows * columns, C, h, w] to
+    [N, C, rows * h, columns * w]."""
+    channels, height, width = tiles.shape[1:]
+    grid = tiles.reshape(-1, rows, columns, channels, height, width).permute(0, 3, 1, 4, 2, 5)
+    return grid.reshape(-1, channels, rows * height, columns * width)
+
+
+def embed_in_tiles(
+    model: nn.Module, images: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``embed(images)``; for a tiled model, ``embed`` of every tile on its own, stitched back into one embedding.
+
+    This is what anomalib's tiled models compute (tile, embed, untile), as plain reshapes that export.
+    """
+    tile = grid_tile_size(model)
+    if tile is None:
+        return embed(images)
+    rows, columns = images.shape[-2] // tile, images.shape[-1] // tile
+    return stitch_tiles(embed(split_tiles(images, tile)), rows, columns)
 
 
 def convert(graph: nn.Module, image_size: int) -> tuple[ov.Model, InputContract, OutputContract]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from anomalib.data.utils.tiler import Tiler
 from anomalib.models.components import AnomalibModule
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import Callback
@@ -36,6 +37,7 @@ from visinspect_training.defaults import (
     DEFAULT_MODEL,
     DEFAULT_N_FEATURES,
     DEFAULT_NUM_NEIGHBORS,
+    DEFAULT_TILES,
     MODEL_FAMILIES,
 )
 from visinspect_training.errors import ConfigError, TrainingError
@@ -68,6 +70,7 @@ class TrainConfig:
     coreset_ratio: float = DEFAULT_CORESET_RATIO  # PatchCore
     num_neighbors: int = DEFAULT_NUM_NEIGHBORS  # PatchCore
     image_size: int = DEFAULT_IMAGE_SIZE
+    tiles: int = DEFAULT_TILES  # per side: the backbone embeds tiles x tiles tiles of the input, stitched back
     seed: int = 0
     weights: WeightsSpec = field(default_factory=WeightsSpec)
     batch_size: int = 32
@@ -81,6 +84,11 @@ class TrainConfig:
     def family(self) -> ModelFamily:
         """The model family's implementation."""
         return family(self.model)
+
+    @property
+    def tile_size(self) -> int:
+        """The side of one tile (the whole input when untiled)."""
+        return self.image_size // self.tiles
 
     @property
     def state_filename(self) -> str:
@@ -143,6 +151,11 @@ def _check_config(config: TrainConfig) -> None:
         raise ConfigError(f"the number of neighbours must be at least 1, got {config.num_neighbors}")
     if config.image_size < 32 or config.image_size % 32:
         raise ConfigError(f"image size must be a positive multiple of 32, got {config.image_size}")
+    if config.tiles < 1 or config.image_size % config.tiles or config.tile_size % 32:
+        raise ConfigError(
+            f"{config.tiles} tiles per side must split the image size {config.image_size} into tiles whose side "
+            "is a multiple of 32 (e.g. --image-size 512 --tiles 2: four 256x256 tiles)"
+        )
     check_backbone(config.backbone, config.weights.source)
 
 
@@ -150,7 +163,7 @@ def build_module(config: TrainConfig, pre_trained: bool | None = None) -> Anomal
     """anomalib's Lightning module of the run's family (hub weights only when the run asks for them)."""
     hub = config.weights.source == "hub" if pre_trained is None else pre_trained
     try:
-        return config.family.build(config, pre_trained=hub)
+        module = config.family.build(config, pre_trained=hub)
     except (OSError, RuntimeError) as exc:
         if hub:
             raise TrainingError(
@@ -158,6 +171,9 @@ def build_module(config: TrainConfig, pre_trained: bool | None = None) -> Anomal
                 "offline, use --weights builtin or --weights-file PATH"
             ) from exc
         raise
+    if config.tiles > 1:  # anomalib's models tile their input, embed every tile and stitch the embeddings
+        module.model.tiler = Tiler(tile_size=config.tile_size, stride=config.tile_size)
+    return module
 
 
 def _load_weights(model: nn.Module, config: TrainConfig) -> str | None:

@@ -63,13 +63,17 @@ class BlockTriangularMahalanobis(nn.Module):
         return total
 
 
+def position_embedding(model: PadimModel, images: torch.Tensor) -> torch.Tensor:
+    """PaDiM's embedding [N, C, h, w]: the selected features of every position (of every tile, stitched, when tiled)."""
+    return ir.embed_in_tiles(model, images, lambda tiles: model.generate_embedding(model.feature_extractor(tiles)))
+
+
 class ServingPadim(nn.Module):
     """The exported graph: anomalib's PaDiM computation with separable blur and block-triangular scoring."""
 
     def __init__(self, padim: PadimModel, blocks: int | None = None) -> None:
         super().__init__()
-        if padim.tiler is not None:
-            raise ValueError("tiled PaDiM models are not supported by the export")
+        ir.grid_tile_size(padim)  # refuses tilings the graph cannot reproduce
         self.padim = padim.eval()
         self.normalise = ir.ContractInput()
         inv_covariance = padim.gaussian.inv_covariance
@@ -81,7 +85,7 @@ class ServingPadim(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tensor = self.normalise(images)
-        embedding = self.padim.generate_embedding(self.padim.feature_extractor(tensor))
+        embedding = position_embedding(self.padim, tensor)
         batch, features, height, width = embedding.shape
         delta = (embedding.reshape(batch, features, height * width) - self.padim.gaussian.mean).permute(2, 0, 1)
         distances = self.distance(delta).permute(1, 0).reshape(batch, 1, height, width).clamp(0).sqrt()
@@ -116,9 +120,9 @@ class PadimFamily:
         return ServingPadim(model)
 
     def embed(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """PaDiM's embedding [N, C, h, w]: the selected features of every position."""
+        """:func:`position_embedding`."""
         assert isinstance(model, PadimModel)
-        return model.generate_embedding(model.feature_extractor(images))
+        return position_embedding(model, images)
 
     def fitted_on(self, model: nn.Module, embeddings: torch.Tensor, config: TrainConfig) -> nn.Module:
         """A copy whose Gaussian is fitted on ``embeddings`` [N, C, h, w]."""

@@ -49,6 +49,16 @@ def memory_bank(patches: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
     return patches[chosen].float().contiguous()
 
 
+def patch_embedding(model: PatchcoreModel, images: torch.Tensor) -> torch.Tensor:
+    """PatchCore's locally averaged patch features [N, D, h, w] (of every tile, stitched, when tiled)."""
+
+    def embed(tensor: torch.Tensor) -> torch.Tensor:
+        features = model.feature_extractor(tensor)
+        return model.generate_embedding({k: model.feature_pooler(v) for k, v in features.items()})
+
+    return ir.embed_in_tiles(model, images, embed)
+
+
 class FastCoresetPatchcore(Patchcore):
     """anomalib's ``Patchcore`` with its coreset selected by :func:`memory_bank` (seeded)."""
 
@@ -71,8 +81,7 @@ class ServingPatchcore(nn.Module):
 
     def __init__(self, model: PatchcoreModel) -> None:
         super().__init__()
-        if model.tiler is not None:
-            raise ValueError("tiled PatchCore models are not supported by the export")
+        ir.grid_tile_size(model)  # refuses tilings the graph cannot reproduce
         bank = model.memory_bank.detach().float()
         if bank.shape[0] == 0:
             raise ValueError("the PatchCore memory bank is empty: fit the model first")
@@ -95,8 +104,7 @@ class ServingPatchcore(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tensor = self.normalise(images)
-        features = self.model.feature_extractor(tensor)
-        embedding = self.model.generate_embedding({k: self.model.feature_pooler(v) for k, v in features.items()})
+        embedding = patch_embedding(self.model, tensor)
         batch, dimensions, height, width = embedding.shape
         patches = embedding.permute(0, 2, 3, 1).reshape(batch, height * width, dimensions)
         nearest_squared, location = self._squared_distances(patches).min(dim=-1)
@@ -157,10 +165,9 @@ class PatchcoreFamily:
         return ServingPatchcore(model)
 
     def embed(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """PatchCore's locally averaged patch features [N, D, h, w]."""
+        """:func:`patch_embedding`."""
         assert isinstance(model, PatchcoreModel)
-        features = model.feature_extractor(images)
-        return model.generate_embedding({k: model.feature_pooler(v) for k, v in features.items()})
+        return patch_embedding(model, images)
 
     def fitted_on(self, model: nn.Module, embeddings: torch.Tensor, config: TrainConfig) -> nn.Module:
         """A copy whose memory bank is the coreset of the patches of ``embeddings`` [N, D, h, w]."""
