@@ -58,6 +58,7 @@ class Recipe:
     image_size: int = 256
     layers: tuple[str, ...] = ()
     coreset_ratio: float = 0.01
+    tiles: int = 1
 
 
 RECIPES = {
@@ -68,6 +69,7 @@ RECIPES = {
         for size in (320, 384, 512)
     },
     **{f"padim-{size}": Recipe(f"PaDiM at {size}", "padim", image_size=size) for size in (320, 384)},
+    "patchcore-512-tiles2": Recipe("PatchCore 1 % at 512, 2 x 2 tiles of 256", "patchcore", image_size=512, tiles=2),
     "patchcore-blocks246": Recipe(
         "PatchCore 1 %, blocks.2+4+6", "patchcore", layers=("blocks.2", "blocks.4", "blocks.6")
     ),
@@ -117,6 +119,7 @@ def measure(recipe: Recipe, dataset: DatasetSpec, work: Path) -> dict[str, str]:
         model=recipe.model,
         layers=recipe.layers,
         image_size=recipe.image_size,
+        tiles=recipe.tiles,
         coreset_ratio=recipe.coreset_ratio,
     )
     run = train(config, work / "runs")
