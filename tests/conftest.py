@@ -118,6 +118,29 @@ def patchcore_exported(patchcore_run, tmp_path_factory: pytest.TempPathFactory):
     return export_run(patchcore_run, tmp_path_factory.mktemp("repository-patchcore"))
 
 
+@pytest.fixture(scope="session")
+def patchcore_reweighted_exported(patchcore_run, tmp_path_factory: pytest.TempPathFactory):
+    """``patchcore_run``'s model exported with anomalib's own (re-weighted) image score."""
+    import dataclasses
+
+    from visinspect_training.api import export_run
+
+    config = dataclasses.replace(patchcore_run.config, image_score="reweighted")
+    run = dataclasses.replace(patchcore_run, config=config)
+    return export_run(run, tmp_path_factory.mktemp("repository-patchcore-reweighted"))
+
+
+@pytest.fixture(scope="module")
+def patchcore_reweighted_served(patchcore_reweighted_exported, synthetic_category):
+    """The real server (embedded OpenVINO) serving ``patchcore_reweighted_exported``."""
+    from tests.server_harness import start_server
+
+    repository = patchcore_reweighted_exported.version_dir.parents[1]
+    server = start_server(repository, ["--image-root", str(synthetic_category)])
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def patchcore_served(patchcore_exported, synthetic_category):
     """The real server (embedded OpenVINO) serving the PatchCore repository."""

@@ -42,7 +42,7 @@ def fold_model_ir_scores(trained_run, fold: int) -> dict[str, float]:
         for batch in data.loader(train_data.subsample(np.flatnonzero(fold_of != fold).tolist())):
             fold_model(normalise(torch.from_numpy(to_uint8_nhwc(batch.image))))  # training mode: into the bank
     fold_model.fit()
-    ir_model, _, _ = convert(PADIM.serving_graph(fold_model.eval()), TINY_IMAGE_SIZE)
+    ir_model, _, _ = convert(PADIM.serving_graph(fold_model.eval(), trained_run.config), TINY_IMAGE_SIZE)
     compiled = compile_ir_in_memory(ir_model)
     held = train_data.subsample(np.flatnonzero(fold_of == fold).tolist())
     scored = score_images(compiled, data.loader(held))
@@ -178,7 +178,7 @@ def test_a_held_out_fraction_fits_neither_the_served_model_nor_anything_else(tin
     assert set(build_datamodule(dataset, SIZE).calibration.samples["image_path"]) == held_out  # seeded
     calibration = export_run(run, tmp_path / "repository").metadata.calibration
     assert calibration.good_scores is not None and calibration.good_scores.count == 4 + GOOD_VALIDATION
-    compiled = compile_ir_in_memory(convert(PADIM.serving_graph(run.model), TINY_IMAGE_SIZE)[0])
+    compiled = compile_ir_in_memory(convert(PADIM.serving_graph(run.model, run.config), TINY_IMAGE_SIZE)[0])
     held = score_images(compiled, data.calibration_loader()).raw_scores
     pool = np.sort(np.concatenate([held, validation_good_scores(tmp_path / "repository" / "brick" / "1", run.config)]))
     np.testing.assert_allclose(calibration.good_scores.values, pool, rtol=1e-5)

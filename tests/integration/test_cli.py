@@ -72,6 +72,7 @@ def test_run_exports_a_patchcore_by_default(tmp_path: Path, capsys) -> None:
         (["--model", "patchcore", "--coreset-ratio", "0"], "coreset ratio must be in (0, 1], got 0.0"),
         (["--model", "patchcore", "--coreset-ratio", "1.5"], "coreset ratio must be in (0, 1], got 1.5"),
         (["--model", "patchcore", "--num-neighbors", "0"], "the number of neighbours must be at least 1, got 0"),
+        (["--model", "padim", "--image-score", "reweighted"], "PaDiM's image score is the anomaly map's maximum"),
         (["--model-name", "../up"], "model name '../up' is not valid"),
         (["--image-size", "100"], "multiple of 32"),
         (["--image-size", "256", "--tiles", "3"], "3 tiles per side must split the image size 256 into tiles"),

@@ -4,6 +4,10 @@ test_kserve_backend.py and test_equivalence.py), and match anomalib's own torch 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+
 import cv2
 import numpy as np
 import pytest
@@ -45,11 +49,28 @@ def test_exported_ir_matches_anomalibs_patchcore(patchcore_run, patchcore_export
     images = rng.integers(0, 256, (3, *SIZE, 3), dtype=np.uint8)
     maps, scores = infer(compile_ir(patchcore_exported.version_dir / IR_XML_FILENAME, "f32"), images)
     with torch.no_grad():
-        torch_maps, torch_scores = AnomalibReference(patchcore_run.model)(torch.from_numpy(images))
-    np.testing.assert_allclose(scores, torch_scores.numpy(), rtol=1e-3)
+        torch_maps, anomalib_scores = AnomalibReference(patchcore_run.model)(torch.from_numpy(images))
     np.testing.assert_allclose(maps, torch_maps.numpy()[:, 0], rtol=1e-3, atol=1e-3 * float(torch_maps.max()))
-    # The image score is anomalib's re-weighted nearest-neighbour distance, not the map's maximum.
-    assert not np.allclose(scores, maps.reshape(3, -1).max(axis=1), rtol=1e-3)
+    # The default image score is the map's maximum, not anomalib's re-weighted nearest-neighbour distance.
+    assert patchcore_run.config.image_score == "map_max"
+    np.testing.assert_allclose(scores, torch_maps.numpy().reshape(3, -1).max(axis=1), rtol=1e-3)
+    assert not np.allclose(scores, anomalib_scores.numpy(), rtol=1e-2)
+
+
+def test_the_reweighted_score_is_anomalibs(patchcore_run, patchcore_reweighted_exported) -> None:
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (3, *SIZE, 3), dtype=np.uint8)
+    version_dir = patchcore_reweighted_exported.version_dir
+    maps, scores = infer(compile_ir(version_dir / IR_XML_FILENAME, "f32"), images)
+    with torch.no_grad():
+        torch_maps, anomalib_scores = AnomalibReference(patchcore_run.model)(torch.from_numpy(images))
+    np.testing.assert_allclose(scores, anomalib_scores.numpy(), rtol=1e-3)
+    np.testing.assert_allclose(maps, torch_maps.numpy()[:, 0], rtol=1e-3, atol=1e-3 * float(torch_maps.max()))
+    assert not np.allclose(scores, maps.reshape(3, -1).max(axis=1), rtol=1e-2)
+    metadata = patchcore_reweighted_exported.metadata
+    assert metadata.parameters["reweighted_score"] == 1.0
+    assert metadata.evaluation is not None and metadata.evaluation.max_rel_score_diff_vs_torch is not None
+    assert metadata.evaluation.max_rel_score_diff_vs_torch <= 1e-3
 
 
 def test_evaluation_and_metadata_describe_a_patchcore(patchcore_exported) -> None:
@@ -58,6 +79,7 @@ def test_evaluation_and_metadata_describe_a_patchcore(patchcore_exported) -> Non
     assert metadata.parameters == {
         "coreset_ratio": PATCHCORE_CORESET_RATIO,
         "num_neighbors": 9.0,
+        "reweighted_score": 0.0,
         "memory_bank_size": 614.0,
         "embedding_dim": float(EMBEDDING_DIM),
         "tiles": 1.0,
@@ -83,6 +105,14 @@ def test_thresholds_hold_the_rate_on_scores_and_on_map_maxima(patchcore_run, pat
     )
     maxima = np.concatenate([oof.raw_map_maxima, validation.raw_map_maxima[~validation.is_anomalous]])
     assert calibration.pixel_threshold == pytest.approx(float(maxima.max()), rel=1e-5)
+    # The image score is the map's maximum: one threshold, so a part is rejected exactly when its mask is not empty.
+    assert calibration.pixel_threshold == calibration.image_threshold
+
+
+def test_reweighted_scores_have_their_own_image_threshold(patchcore_reweighted_exported) -> None:
+    calibration = patchcore_reweighted_exported.metadata.calibration
+    assert calibration.good_scores is not None
+    assert calibration.image_threshold == calibration.good_scores.values[-1]
     assert calibration.pixel_threshold != pytest.approx(calibration.image_threshold, rel=1e-3)
 
 
@@ -101,7 +131,7 @@ def test_out_of_fold_banks_never_hold_the_fold(patchcore_run) -> None:
             fold_model(normalise(torch.from_numpy(to_uint8_nhwc(batch.image))))  # training mode: collects patches
     patches = torch.vstack(fold_model.embedding_store)
     fold_model.memory_bank = patches[greedy_coreset(patches, coreset_size(len(patches), PATCHCORE_CORESET_RATIO))]
-    graph = PATCHCORE.serving_graph(fold_model.eval())
+    graph = PATCHCORE.serving_graph(fold_model.eval(), config)
     held = train_data.subsample(np.flatnonzero(fold_of == 0).tolist())
     expected = score_images(lambda images: torch_outputs(graph, images), data.loader(held))
     oof = out_of_fold_scores(patchcore_run.model, data, config, folds=FOLDS)
@@ -109,7 +139,7 @@ def test_out_of_fold_banks_never_hold_the_fold(patchcore_run) -> None:
     assert len(by_path) == TRAIN_IMAGES
     np.testing.assert_allclose([by_path[p] for p in expected.paths], expected.raw_scores, rtol=1e-5)
     # The served model's bank holds these images' patches: it scores them lower than any fold model does.
-    served = score_images(lambda images: torch_outputs(PATCHCORE.serving_graph(patchcore_run.model), images),
+    served = score_images(lambda images: torch_outputs(PATCHCORE.serving_graph(patchcore_run.model, config), images),
                           data.loader(held))  # fmt: skip
     assert (served.raw_scores < expected.raw_scores).all()
 
@@ -130,6 +160,18 @@ def test_saved_run_reloads_with_its_memory_bank(patchcore_run) -> None:
     assert torch.equal(reloaded.model.memory_bank, patchcore_run.model.memory_bank)
     for name, tensor in patchcore_run.model.state_dict().items():
         assert torch.equal(tensor, reloaded.model.state_dict()[name]), name
+
+
+def test_runs_saved_before_the_image_score_choice_reload_reweighted(patchcore_run, tmp_path) -> None:
+    """They were exported with anomalib's score: re-exporting one must not change what it scores."""
+    old = tmp_path / "old-run"
+    old.mkdir()
+    (old / "patchcore.pt").write_bytes((patchcore_run.run_dir / "patchcore.pt").read_bytes())
+    info = json.loads((patchcore_run.run_dir / "run.json").read_text(encoding="utf-8"))
+    del info["config"]["image_score"]
+    (old / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    reloaded = load_run(old)
+    assert reloaded.config == dataclasses.replace(patchcore_run.config, image_score="reweighted")
 
 
 def test_the_server_serves_patchcore_like_its_ir(patchcore_served, patchcore_exported, synthetic_category) -> None:
@@ -155,7 +197,7 @@ def test_the_server_serves_patchcore_like_its_ir(patchcore_served, patchcore_exp
 
 def test_images_per_call_bounds_the_distance_matrix(patchcore_run, monkeypatch: pytest.MonkeyPatch) -> None:
     model, config = patchcore_run.model, patchcore_run.config
-    graph = PATCHCORE.serving_graph(model)
+    graph = PATCHCORE.serving_graph(model, config)
     one_image = graph._squared_distances(torch.zeros(1, PATCHES_PER_IMAGE, EMBEDDING_DIM))
     per_image = 4 * one_image.numel()
     assert per_image == 4 * PATCHES_PER_IMAGE * 614
@@ -168,7 +210,7 @@ def test_images_per_call_bounds_the_distance_matrix(patchcore_run, monkeypatch: 
 
 
 def test_export_scores_within_the_bound_and_the_same(
-    patchcore_run, patchcore_exported, tmp_path, monkeypatch: pytest.MonkeyPatch
+    patchcore_run, patchcore_exported, tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A large bank or input makes export score fewer images per call (512x512 at 1 % ran out of 24 GiB)."""
     per_image = 4 * PATCHES_PER_IMAGE * 614
@@ -185,7 +227,8 @@ def test_export_scores_within_the_bound_and_the_same(
     monkeypatch.setattr(evaluate, "infer", recording(infer))
     monkeypatch.setattr(evaluate, "torch_infer", recording(evaluate.torch_infer))
     monkeypatch.setattr(ir, "torch_outputs", recording(torch_outputs))
-    bounded = export_run(patchcore_run, tmp_path)
+    with caplog.at_level(logging.INFO, logger="visinspect_training"):
+        bounded = export_run(patchcore_run, tmp_path)
     assert seen and max(seen) == 2
     assert sum(seen) > TRAIN_IMAGES  # every training image out of fold, then the validation and test splits
     expected, got = patchcore_exported.metadata, bounded.metadata
@@ -193,3 +236,8 @@ def test_export_scores_within_the_bound_and_the_same(
     assert got.calibration.pixel_threshold == pytest.approx(expected.calibration.pixel_threshold, rel=1e-5)
     assert got.evaluation is not None and expected.evaluation is not None
     assert got.evaluation.image_auroc == expected.evaluation.image_auroc
+    # 28 good calibration images cannot resolve 1 %: the highest-scoring one sets the threshold, and is named.
+    (line,) = [r.getMessage() for r in caplog.records if "is set by the good calibration images" in r.getMessage()]
+    named = line.split(": ", 1)[1].split(", ")
+    assert len(named) == 1 and "/good/" in named[0]
+    assert named[0].endswith(f"({got.calibration.image_threshold:.4g})")

@@ -18,7 +18,7 @@ from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_training import ir
 from visinspect_training.api import export_run, load_run, train
 from visinspect_training.data import build_datamodule
-from visinspect_training.evaluate import to_uint8_nhwc
+from visinspect_training.evaluate import anomalib_reference, to_uint8_nhwc
 from visinspect_training.families.patchcore import PatchcoreModel
 from visinspect_training.ir import AnomalibReference, ContractInput, compile_ir, infer
 
@@ -88,7 +88,8 @@ def test_exported_ir_matches_anomalibs_tiled_model(tiled_run, tiled_exported) ->
     images = np.random.default_rng(2).integers(0, 256, (3, *SIZE, 3), dtype=np.uint8)
     maps, scores = infer(compile_ir(tiled_exported.version_dir / IR_XML_FILENAME, "f32"), images)
     with torch.no_grad():
-        torch_maps, torch_scores = AnomalibReference(tiled_run.model)(torch.from_numpy(images))  # anomalib's Tiler
+        reference = anomalib_reference(tiled_run.model, tiled_run.config)  # anomalib's Tiler
+        torch_maps, torch_scores = reference(torch.from_numpy(images))
     np.testing.assert_allclose(scores, torch_scores.numpy(), rtol=1e-3)
     np.testing.assert_allclose(maps, torch_maps.numpy()[:, 0], rtol=1e-3, atol=1e-3 * float(torch_maps.max()))
 
@@ -97,8 +98,10 @@ def test_the_stitched_map_equals_the_per_tile_maps(tiled_run, synthetic_category
     """A good tile next to a noise tile: each tile's map is what the model gives that tile alone, and the image
     score is the noise tile's. Only the blur reaches across a seam, so the maps are compared away from seams."""
     family = tiled_run.config.family
-    tiled = family.serving_graph(tiled_run.model).eval()
-    per_tile = family.serving_graph(untiled_copy(tiled_run.model)).eval()
+    # The worst patch's (re-weighted) distance is the score: the blur of the map's maximum crosses seams.
+    config = dataclasses.replace(tiled_run.config, image_score="reweighted")
+    tiled = family.serving_graph(tiled_run.model, config).eval()
+    per_tile = family.serving_graph(untiled_copy(tiled_run.model), config).eval()
     paths = sorted((synthetic_category / "test" / "good").glob("*.png"))[:3]
     good = [cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) for path in paths]
     noise = np.random.default_rng(3).integers(0, 256, (TILE, TILE, 3), dtype=np.uint8)
@@ -145,8 +148,8 @@ def test_a_tiled_run_reloads_tiled(tiled_run) -> None:
     images = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (2, *SIZE, 3), dtype=np.uint8))
     family = tiled_run.config.family
     with torch.no_grad():
-        _, expected = family.serving_graph(tiled_run.model)(images)
-        _, got = family.serving_graph(reloaded.model)(images)
+        _, expected = family.serving_graph(tiled_run.model, tiled_run.config)(images)
+        _, got = family.serving_graph(reloaded.model, reloaded.config)(images)
     torch.testing.assert_close(got, expected)
 
 
@@ -156,7 +159,7 @@ def test_padim_tiles_like_anomalibs_tiled_padim(tiny_config, trained_run, tmp_pa
     run = train(config, tmp_path_factory.mktemp("runs-padim-tiled"))
     untiled_positions = trained_run.model.gaussian.mean.shape
     assert run.model.gaussian.mean.shape == untiled_positions  # the same grid, from tiles
-    model, _, _ = ir.convert(config.family.serving_graph(run.model), TINY_IMAGE_SIZE)
+    model, _, _ = ir.convert(config.family.serving_graph(run.model, config), TINY_IMAGE_SIZE)
     folder = tmp_path_factory.mktemp("padim-tiled-ir")
     ir.save(model, folder / IR_XML_FILENAME, "FP32")
     images = np.random.default_rng(5).integers(0, 256, (2, *SIZE, 3), dtype=np.uint8)

@@ -39,7 +39,7 @@ def measure(category: str, seed: int, work: Path) -> list[dict[str, object]]:
     run = train(TrainConfig(model_name=category, dataset=dataset, model="padim", seed=seed), work / "runs")
     size = DEFAULT_IMAGE_SIZE
     data = build_datamodule(dataset, (size, size))
-    model, _, _ = ir.convert(run.config.family.serving_graph(run.model), size)
+    model, _, _ = ir.convert(run.config.family.serving_graph(run.model, run.config), size)
     ir.save(model, work / "model.xml", "FP32")
     compiled = ir.compile_ir(work / "model.xml", "f32")
     validation = score_images(compiled, data.datamodule.val_dataloader())

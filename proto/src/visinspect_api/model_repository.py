@@ -81,8 +81,8 @@ class OutputContract:
     """Names of the IR's raw (un-normalised) outputs."""
 
     anomaly_map: str = "anomaly_map"  # float32 [N, 1, H, W], same H, W as the input
-    # float32 [N], the raw image score (PaDiM: the anomaly map's maximum; PatchCore: anomalib's re-weighted
-    # patch distance)
+    # float32 [N], the raw image score: the anomaly map's maximum (PaDiM; PatchCore by default), or PatchCore's
+    # re-weighted patch distance as anomalib computes it (parameters["reweighted_score"] == 1)
     pred_score: str = "pred_score"
 
 
@@ -231,7 +231,9 @@ class ModelMetadata:
     """Everything the server needs besides the IR itself, for one model version.
 
     ``parameters`` are the architecture's numeric parameters, by name (PaDiM: ``n_features``; PatchCore:
-    ``coreset_ratio``, ``num_neighbors``, ``memory_bank_size``, ``embedding_dim``; both: ``tiles`` per side of
+    ``coreset_ratio``, ``num_neighbors``, ``reweighted_score`` (1: anomalib's re-weighted distance is the image
+    score; 0 or absent in exports before it: see ``pred_score``), ``memory_bank_size``, ``embedding_dim``; both:
+    ``tiles`` per side of
     the input, 1 when untiled, absent from earlier exports); empty before schema 3.
     """
 

@@ -10,6 +10,7 @@ the thresholds hold for the scores servers compute. The rules are in
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,11 @@ from visinspect_training.ir import InferencePrecisionName, IrPrecisionName
 
 if TYPE_CHECKING:
     from visinspect_training.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Export names this many of the good images that set the threshold, highest score first.
+THRESHOLD_SETTERS_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -101,14 +107,21 @@ def calibrate(
         )
     rate = options.target_false_reject_rate
     threshold = threshold_for_false_reject_rate(good_scores, rate)
+    setters = threshold_setters((good, validation), threshold)
+    log.info(
+        "the threshold %.4g is set by the good calibration images scoring at or above it; a defect or an "
+        "oddity among them raises it for every part (review them, and remove any that are not good parts): %s",
+        threshold,
+        ", ".join(f"{path} ({score:.4g})" for path, score in setters[:THRESHOLD_SETTERS_SHOWN]),
+    )
     assert good_map_maxima is not None  # the same images as good_scores
     scored = [s for s in (good, validation) if s is not None]  # ranges over every calibration image
     all_scores = np.concatenate([s.raw_scores for s in scored])
     return Calibration(
         image_threshold=threshold,
         # The same rate on the good images' map maxima: a good image within the rate has an empty mask.
-        # For PaDiM the image score is the map's maximum, so the two thresholds are equal and every
-        # rejected image has a non-empty mask.
+        # Where the image score is the map's maximum (PaDiM; PatchCore by default), both thresholds are
+        # equal and every rejected image has a non-empty mask.
         pixel_threshold=threshold_for_false_reject_rate(good_map_maxima, rate),
         image_min=float(all_scores.min()),
         image_max=float(all_scores.max()),
@@ -138,6 +151,18 @@ def _good_calibration_scores(served: ServedModel, data: PreparedData, dataset: D
         ir_precision=served.ir_precision,
         precision=served.inference_precision,
     )
+
+
+def threshold_setters(parts: tuple[Scored | None, ...], threshold: float) -> list[tuple[str, float]]:
+    """The good images of ``parts`` scoring at or above ``threshold``, as (path, raw score), highest first."""
+    found = [
+        (path, float(score))
+        for part in parts
+        if part is not None
+        for path, score, anomalous in zip(part.paths, part.raw_scores, part.is_anomalous, strict=True)
+        if not anomalous and score >= threshold
+    ]
+    return sorted(found, key=lambda item: -item[1])
 
 
 def resolution_warnings(num_good: int, rate: float) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from visinspect_training.defaults import (
     DEFAULT_CALIBRATION_FOLDS,
     DEFAULT_CALIBRATION_FRACTION,
     DEFAULT_CORESET_RATIO,
+    DEFAULT_IMAGE_SCORE,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_LAYERS_BY_MODEL,
     DEFAULT_MODEL,
@@ -31,6 +32,7 @@ from visinspect_training.defaults import (
     DEFAULT_TARGET_FALSE_REJECT_RATE,
     DEFAULT_THRESHOLD_METHOD,
     DEFAULT_TILES,
+    IMAGE_SCORES,
     MODEL_FAMILIES,
 )
 from visinspect_training.errors import TrainingError
@@ -189,7 +191,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--num-neighbors",
         type=int,
         default=DEFAULT_NUM_NEIGHBORS,
-        help="PatchCore: bank neighbours that re-weight the image score",
+        help="PatchCore: bank neighbours that re-weight the image score (with --image-score reweighted)",
+    )
+    group.add_argument(
+        "--image-score",
+        choices=IMAGE_SCORES,
+        default=DEFAULT_IMAGE_SCORE,
+        help="PatchCore: the anomaly map's maximum (default; as PaDiM's, so every rejected part has a mask) or "
+        "anomalib's re-weighted nearest-neighbour distance",
     )
     group.add_argument(
         "--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="the model's square input (images are resized to it)"
@@ -279,7 +288,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from visinspect_training.data import build_datamodule  # noqa: PLC0415
-    from visinspect_training.evaluate import evaluate_test_split  # noqa: PLC0415
+    from visinspect_training.evaluate import anomalib_reference, evaluate_test_split  # noqa: PLC0415
     from visinspect_training.families import scoring_batch_size  # noqa: PLC0415
     from visinspect_training.ir import compile_ir  # noqa: PLC0415
     from visinspect_training.train import load_run  # noqa: PLC0415
@@ -294,7 +303,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     batch_size = scoring_batch_size(run.model, config)
     data = build_datamodule(config.dataset, (config.image_size,) * 2, batch_size, config.num_workers)
     compiled = compile_ir(args.version_dir / "model.xml", precision)
-    evaluation, predictions = evaluate_test_split(compiled, data, metadata.calibration, precision, run.model)
+    evaluation, predictions = evaluate_test_split(
+        compiled, data, metadata.calibration, precision, anomalib_reference(run.model, config)
+    )
     title = f"{metadata.model_name} {args.version_dir.name}"
     if args.json:
         print(json.dumps(dataclasses.asdict(evaluation), indent=2))
@@ -361,6 +372,7 @@ def _train(args: argparse.Namespace):  # noqa: ANN202 - TrainedRun, imported laz
         n_features=args.n_features,
         coreset_ratio=args.coreset_ratio,
         num_neighbors=args.num_neighbors,
+        image_score=args.image_score,
         image_size=args.image_size,
         tiles=args.tiles,
         seed=args.seed,

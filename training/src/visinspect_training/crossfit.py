@@ -53,7 +53,7 @@ def out_of_fold_scores(
     for fold in range(int(fold_of.max()) + 1):
         held = np.flatnonzero(fold_of == fold)
         fold_model = family.fitted_on(model, embeddings[torch.from_numpy(fold_of != fold)], config)
-        graph = family.serving_graph(fold_model).eval()
+        graph = family.serving_graph(fold_model, config).eval()
         loader = data.loader(dataset.subsample(held.tolist()))
         if ir_precision == "FP32" and precision == "f32":
             scored.extend(score_images(functools.partial(ir.torch_outputs, graph), loader))

@@ -4,7 +4,7 @@ The family is chosen by the comparison over MVTec screw, transistor, bottle and 
 (docs/model-comparison.md); the backbone by docs/backbone-comparison.md.
 """
 
-from typing import get_args
+from typing import Literal, get_args
 
 from visinspect_api.model_repository import ArchitectureName
 
@@ -23,6 +23,13 @@ DEFAULT_TILES = 1  # per side; tiling measured in docs/model-comparison.md
 # the image score is re-weighted by this many of the nearest patch's neighbours in the bank.
 DEFAULT_CORESET_RATIO = 0.01
 DEFAULT_NUM_NEIGHBORS = 9
+
+# PatchCore's image score: the anomaly map's maximum (as PaDiM's), or anomalib's nearest-neighbour
+# distance re-weighted by num_neighbors. The map's maximum caught as many or more defects on every dataset
+# of docs/model-comparison.md, and makes the verdict and the mask agree.
+ImageScoreName = Literal["map_max", "reweighted"]
+IMAGE_SCORES: tuple[ImageScoreName, ...] = get_args(ImageScoreName)
+DEFAULT_IMAGE_SCORE: ImageScoreName = "map_max"
 
 # Thresholds: the score at this false-reject rate on good images scored by a model that did not fit
 # them: every training image, out of fold (the served model fits them all). See docs/calibration.md.

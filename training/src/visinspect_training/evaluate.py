@@ -73,7 +73,7 @@ class Scored:
 
     @property
     def raw_map_maxima(self) -> np.ndarray:
-        """Every anomaly map's maximum, float32 [N] (PaDiM: the score; PatchCore: not the score)."""
+        """Every anomaly map's maximum, float32 [N] (the score, unless PatchCore's is re-weighted)."""
         return np.concatenate(self.map_maxima) if self.map_maxima else np.zeros(0, np.float32)
 
     @property
@@ -98,11 +98,10 @@ class TestPredictions:
 def score_images(
     scorer: ImageScorer,
     batches: Iterable[Any],
-    model: nn.Module | None = None,
+    reference: AnomalibReference | None = None,
     keep_maps: bool = False,
 ) -> Scored:
     """Run every batch of an anomalib loader through the IR (and anomalib's torch model when given)."""
-    reference = AnomalibReference(model) if model is not None else None
     got = Scored()
     for batch in batches:
         images = to_uint8_nhwc(batch.image)
@@ -117,6 +116,11 @@ def score_images(
         if reference is not None:
             got.torch_scores.append(torch_infer(reference, images))
     return got
+
+
+def anomalib_reference(model: nn.Module, config: TrainConfig) -> AnomalibReference:
+    """anomalib's forward of ``model`` with the image score ``config`` exports (the map's maximum or anomalib's)."""
+    return AnomalibReference(model, score_from_map=config.image_score == "map_max")
 
 
 def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
@@ -138,7 +142,7 @@ def evaluate_ir(
         _prepare(config, config.batch_size if model is None else scoring_batch_size(model, config)),
         calibration,
         precision,
-        model,
+        None if model is None else anomalib_reference(model, config),
     )
     return evaluation
 
@@ -148,10 +152,10 @@ def evaluate_test_split(
     data: PreparedData,
     calibration: Calibration,
     precision: InferencePrecisionName,
-    model: nn.Module | None = None,
+    reference: AnomalibReference | None = None,
 ) -> tuple[Evaluation, TestPredictions]:
-    """The metrics and the per-image predictions of the test split, scored once."""
-    got = score_images(compiled, data.datamodule.test_dataloader(), model, keep_maps=True)
+    """The metrics and the per-image predictions of the test split, scored once (and by ``reference``)."""
+    got = score_images(compiled, data.datamodule.test_dataloader(), reference, keep_maps=True)
     return summarise(got, calibration, precision), _predictions(got, calibration)
 
 

@@ -22,7 +22,7 @@ from visinspect_training import ir
 from visinspect_training.calibrate import ServedModel, ThresholdOptions, calibrate
 from visinspect_training.data import build_datamodule
 from visinspect_training.errors import ConfigError
-from visinspect_training.evaluate import TestPredictions, evaluate_test_split
+from visinspect_training.evaluate import TestPredictions, anomalib_reference, evaluate_test_split
 from visinspect_training.families import scoring_batch_size
 from visinspect_training.repository import publish, staging_folder, write_ovms_config
 from visinspect_training.train import TrainedRun
@@ -79,7 +79,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
     config = run.config
     with staging_folder(repository, config.model_name) as staged:
         family = config.family
-        model, input_contract, outputs = ir.convert(family.serving_graph(run.model), config.image_size)
+        model, input_contract, outputs = ir.convert(family.serving_graph(run.model, config), config.image_size)
         xml_path = staged / IR_XML_FILENAME
         ir.save(model, xml_path, options.ir_precision)  # type: ignore[arg-type]
         precision = options.inference_precision
@@ -104,7 +104,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
                 data,
                 calibration,
                 precision,  # type: ignore[arg-type]
-                run.model,
+                anomalib_reference(run.model, config),
             )
         metadata = ModelMetadata(
             model_name=config.model_name,

@@ -44,15 +44,22 @@ class ContractInput(nn.Module):
 
 
 class AnomalibReference(nn.Module):
-    """anomalib's own forward of a family's torch model with the contract's input: raw map [N,1,H,W], score [N]."""
+    """anomalib's own forward of a family's torch model with the contract's input: raw map [N,1,H,W], score [N].
 
-    def __init__(self, model: nn.Module) -> None:
+    With ``score_from_map`` the score is the map's maximum (PatchCore's default image score; PaDiM's is
+    that already), otherwise anomalib's ``pred_score``.
+    """
+
+    def __init__(self, model: nn.Module, score_from_map: bool = False) -> None:
         super().__init__()
         self.model = model.eval()
         self.normalise = ContractInput()
+        self.score_from_map = score_from_map
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         result = self.model(self.normalise(images))
+        if self.score_from_map:
+            return result.anomaly_map, result.anomaly_map.amax(dim=(1, 2, 3))
         return result.anomaly_map, result.pred_score.reshape(-1)
 
 

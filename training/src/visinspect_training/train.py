@@ -32,13 +32,16 @@ from visinspect_training.data import DatasetSpec, build_datamodule, split_counts
 from visinspect_training.defaults import (
     DEFAULT_BACKBONE,
     DEFAULT_CORESET_RATIO,
+    DEFAULT_IMAGE_SCORE,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_LAYERS_BY_MODEL,
     DEFAULT_MODEL,
     DEFAULT_N_FEATURES,
     DEFAULT_NUM_NEIGHBORS,
     DEFAULT_TILES,
+    IMAGE_SCORES,
     MODEL_FAMILIES,
+    ImageScoreName,
 )
 from visinspect_training.errors import ConfigError, TrainingError
 from visinspect_training.families import ModelFamily, family
@@ -69,6 +72,7 @@ class TrainConfig:
     n_features: int = DEFAULT_N_FEATURES  # PaDiM
     coreset_ratio: float = DEFAULT_CORESET_RATIO  # PatchCore
     num_neighbors: int = DEFAULT_NUM_NEIGHBORS  # PatchCore
+    image_score: ImageScoreName = DEFAULT_IMAGE_SCORE  # PatchCore; PaDiM's is always the map's maximum
     image_size: int = DEFAULT_IMAGE_SIZE
     tiles: int = DEFAULT_TILES  # per side: the backbone embeds tiles x tiles tiles of the input, stitched back
     seed: int = 0
@@ -149,6 +153,10 @@ def _check_config(config: TrainConfig) -> None:
         raise ConfigError(f"coreset ratio must be in (0, 1], got {config.coreset_ratio}")
     if config.num_neighbors < 1:
         raise ConfigError(f"the number of neighbours must be at least 1, got {config.num_neighbors}")
+    if config.image_score not in IMAGE_SCORES:
+        raise ConfigError(f"image score must be one of {', '.join(IMAGE_SCORES)}, got {config.image_score!r}")
+    if config.model == "padim" and config.image_score != "map_max":
+        raise ConfigError("PaDiM's image score is the anomaly map's maximum: --image-score reweighted is PatchCore's")
     if config.image_size < 32 or config.image_size % 32:
         raise ConfigError(f"image size must be a positive multiple of 32, got {config.image_size}")
     if config.tiles < 1 or config.image_size % config.tiles or config.tile_size % 32:
@@ -287,6 +295,8 @@ def _to_jsonable(value: Any) -> Any:
 
 def _config_from_dict(data: dict[str, Any]) -> TrainConfig:
     data = {"model": "padim", **data}  # runs saved before model families have no "model": they are PaDiM
+    # PatchCore runs saved before the choice of image score scored with anomalib's re-weighted distance.
+    data.setdefault("image_score", "reweighted" if data["model"] == "patchcore" else "map_max")
     dataset = dict(data["dataset"])
     for key in ("root", "normal_dir", "normal_test_dir"):
         dataset[key] = Path(dataset[key]) if dataset[key] else None

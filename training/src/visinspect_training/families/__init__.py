@@ -28,7 +28,7 @@ class ModelFamily(Protocol):
         """anomalib's Lightning module for ``config``, ready for ``Engine.fit`` (``.model`` is the torch model)."""
         ...
 
-    def serving_graph(self, model: nn.Module) -> nn.Module:
+    def serving_graph(self, model: nn.Module, config: TrainConfig) -> nn.Module:
         """The exported graph: the contract's uint8 NHWC input to (raw anomaly map [N,1,H,W], raw score [N])."""
         ...
 

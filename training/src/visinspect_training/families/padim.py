@@ -114,8 +114,9 @@ class PadimFamily:
         except ValueError as exc:
             raise ConfigError(f"invalid PaDiM settings for {config.backbone}: {exc}") from exc
 
-    def serving_graph(self, model: nn.Module) -> nn.Module:
-        """:class:`ServingPadim`."""
+    def serving_graph(self, model: nn.Module, config: TrainConfig) -> nn.Module:
+        """:class:`ServingPadim` (its image score is the map's maximum, as anomalib's)."""
+        del config
         assert isinstance(model, PadimModel)
         return ServingPadim(model)
 

@@ -7,8 +7,10 @@ anomalib's ``KCenterGreedy``, fast enough for 2 cores). The exported graph compu
 * the bank is float32 and stored transposed with its squared norms, so every patch-to-bank distance is
   one matmul (``|x|^2 - 2 x.b + |b|^2``) and the nearest neighbour a reduction over it;
 * the anomaly map's 33x33 Gaussian blur runs as two 1-D passes (``ir.SeparableGaussianBlur``);
-* the image score is anomalib's: the largest patch distance, re-weighted by how far that patch lies
-  from the nearest bank entry's own neighbours (``num_neighbors``). It is not the map's maximum.
+* the image score is, by default, the anomaly map's maximum (``image_score="map_max"``, as PaDiM's), so
+  a part is rejected exactly when its mask is not empty; or anomalib's own (``"reweighted"``): the largest
+  patch distance, re-weighted by how far that patch lies from the nearest bank entry's own neighbours
+  (``num_neighbors``). docs/model-comparison.md measures both.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torchvision.transforms.v2 import Normalize
 from visinspect_api.model_repository import ArchitectureName
 from visinspect_training import ir
 from visinspect_training.coreset import greedy_coreset
+from visinspect_training.defaults import ImageScoreName
 from visinspect_training.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -79,8 +82,9 @@ class FastCoresetPatchcore(Patchcore):
 class ServingPatchcore(nn.Module):
     """The exported graph: anomalib's PatchCore computation with a matmul nearest-neighbour search."""
 
-    def __init__(self, model: PatchcoreModel) -> None:
+    def __init__(self, model: PatchcoreModel, image_score: ImageScoreName) -> None:
         super().__init__()
+        self.score_is_map_max = image_score == "map_max"
         ir.grid_tile_size(model)  # refuses tilings the graph cannot reproduce
         bank = model.memory_bank.detach().float()
         if bank.shape[0] == 0:
@@ -109,10 +113,12 @@ class ServingPatchcore(nn.Module):
         patches = embedding.permute(0, 2, 3, 1).reshape(batch, height * width, dimensions)
         nearest_squared, location = self._squared_distances(patches).min(dim=-1)
         patch_scores = nearest_squared.clamp(min=0).sqrt()  # [N, P]
-        score, worst = patch_scores.max(dim=1)
         anomaly_map = self.blur(
             functional.interpolate(patch_scores.reshape(batch, 1, height, width), size=tensor.shape[-2:])
         )
+        if self.score_is_map_max:
+            return anomaly_map, anomaly_map.amax(dim=(1, 2, 3))
+        score, worst = patch_scores.max(dim=1)
         if self.neighbors == 1:
             return anomaly_map, score
         worst_patch = torch.gather(patches, 1, worst.view(batch, 1, 1).expand(batch, 1, dimensions)).squeeze(1)
@@ -159,10 +165,10 @@ class PatchcoreFamily:
             raise ConfigError(f"invalid PatchCore settings for {config.backbone}: no layer {missing}")
         return module
 
-    def serving_graph(self, model: nn.Module) -> nn.Module:
-        """:class:`ServingPatchcore`."""
+    def serving_graph(self, model: nn.Module, config: TrainConfig) -> nn.Module:
+        """:class:`ServingPatchcore` with ``config``'s image score."""
         assert isinstance(model, PatchcoreModel)
-        return ServingPatchcore(model)
+        return ServingPatchcore(model, config.image_score)
 
     def embed(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """:func:`patch_embedding`."""
@@ -178,11 +184,12 @@ class PatchcoreFamily:
         return fold
 
     def parameters(self, model: nn.Module, config: TrainConfig) -> dict[str, float]:
-        """Coreset ratio, neighbours of the score re-weighting, memory bank size and patch dimensions."""
+        """Coreset ratio, neighbours of the score re-weighting and whether it is used, bank size, patch dimensions."""
         assert isinstance(model, PatchcoreModel)
         return {
             "coreset_ratio": config.coreset_ratio,
             "num_neighbors": float(config.num_neighbors),
+            "reweighted_score": float(config.image_score == "reweighted"),
             "memory_bank_size": float(model.memory_bank.shape[0]),
             "embedding_dim": float(self.feature_dimensions(model, config)),
         }
