@@ -16,7 +16,8 @@ The table behind the default (docs/model-comparison-table.md), and the input siz
 (docs/model-comparison-sizes.md):
 
     .venv/bin/python training/scripts/compare_models.py --synthetic \\
-        --recipes padim,patchcore,patchcore-blocks246 --out docs/model-comparison-table.md
+        --recipes padim,patchcore,patchcore-reweighted,patchcore-blocks246,patchcore-lite0 \\
+        --out docs/model-comparison-table.md
     .venv/bin/python training/scripts/compare_models.py --categories screw,transistor \\
         --recipes patchcore-320,patchcore-384,padim-384 --out docs/model-comparison-sizes.md
 """
@@ -40,6 +41,7 @@ import numpy as np
 
 from visinspect_api.model_repository import IR_BIN_FILENAME, IR_XML_FILENAME
 from visinspect_training.api import DatasetSpec, TrainConfig, export_run, train
+from visinspect_training.defaults import DEFAULT_BACKBONE, DEFAULT_IMAGE_SCORE, ImageScoreName
 from visinspect_training.evaluate import TestPredictions
 from visinspect_training.ir import compile_ir
 
@@ -59,11 +61,17 @@ class Recipe:
     layers: tuple[str, ...] = ()
     coreset_ratio: float = 0.01
     tiles: int = 1
+    image_score: ImageScoreName = DEFAULT_IMAGE_SCORE
+    backbone: str = DEFAULT_BACKBONE
 
 
 RECIPES = {
     "padim": Recipe("PaDiM", "padim"),
     "patchcore": Recipe("PatchCore 1 % (default)", "patchcore"),
+    "patchcore-reweighted": Recipe(
+        "PatchCore 1 %, anomalib's re-weighted score", "patchcore", image_score="reweighted"
+    ),
+    "patchcore-lite0": Recipe("PatchCore 1 %, tf_efficientnet_lite0", "patchcore", backbone="tf_efficientnet_lite0"),
     **{
         f"patchcore-{size}": Recipe(f"PatchCore 1 % at {size}", "patchcore", image_size=size)
         for size in (320, 384, 512)
@@ -121,6 +129,8 @@ def measure(recipe: Recipe, dataset: DatasetSpec, work: Path) -> dict[str, str]:
         image_size=recipe.image_size,
         tiles=recipe.tiles,
         coreset_ratio=recipe.coreset_ratio,
+        image_score=recipe.image_score,
+        backbone=recipe.backbone,
     )
     run = train(config, work / "runs")
     started = time.perf_counter()

@@ -2,7 +2,8 @@
 
 For one MVTec category and each size: the threshold against the held-out good images' median score, the
 highest held-out good score, and the defect recall at the threshold against the recall a threshold just
-above the highest held-out good score would give (the default recipe at each size; one fit per size):
+above the highest held-out good score would give, and the good images that set the threshold (export
+names them in its log; the default recipe at each size; one fit per size):
 
     .venv/bin/python training/scripts/threshold_tail.py --category screw --sizes 256,320,384
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,13 +24,36 @@ from visinspect_training.api import DatasetSpec, TrainConfig, export_run, train
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "mvtec_ad"
 
 
+class _Setters(logging.Handler):
+    """Keeps the good images export names as setting the threshold (``calibrate.py``'s log line)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.names: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "is set by the good calibration images" in message:
+            listed = message.split("): ", 1)[1]
+            self.names = [
+                f"{Path(path).parent.parent.name}/{Path(path).stem}" for path in re.findall(r"(\S+) \(", listed)
+            ]
+
+
 def describe(category: str, size: int, root: Path) -> str:
     """One line for ``category`` at ``size``."""
-    with tempfile.TemporaryDirectory(prefix="visinspect-tail-") as folder:
-        work = Path(folder)
-        dataset = DatasetSpec(kind="mvtec", root=root, category=category)
-        run = train(TrainConfig(model_name=category, dataset=dataset, image_size=size), work / "runs")
-        result = export_run(run, work / "repository")
+    setters = _Setters()
+    calibrate_log = logging.getLogger("visinspect_training.calibrate")
+    calibrate_log.addHandler(setters)
+    calibrate_log.setLevel(logging.INFO)
+    try:
+        with tempfile.TemporaryDirectory(prefix="visinspect-tail-") as folder:
+            work = Path(folder)
+            dataset = DatasetSpec(kind="mvtec", root=root, category=category)
+            run = train(TrainConfig(model_name=category, dataset=dataset, image_size=size), work / "runs")
+            result = export_run(run, work / "repository")
+    finally:
+        calibrate_log.removeHandler(setters)
     calibration, predictions = result.metadata.calibration, result.predictions
     assert predictions is not None and calibration.good_scores is not None
     good = predictions.raw_scores[~predictions.labels]
@@ -38,7 +63,7 @@ def describe(category: str, size: int, root: Path) -> str:
     return (
         f"| {size} | {pooled.size} | {threshold / median:.2f} | {np.median(pooled) / median:.2f} "
         f"| {good.max() / median:.2f} | {int((defects > threshold).sum())}/{defects.size} "
-        f"| {int((defects > good.max()).sum())}/{defects.size} |"
+        f"| {int((defects > good.max()).sum())}/{defects.size} | {', '.join(setters.names)} |"
     )
 
 
@@ -49,12 +74,13 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=SHARED)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
+    logging.disable(logging.DEBUG)  # export's INFO line names the images that set the threshold
     print(
         "| size | calibration images | threshold / held-out good median | calibration median / held-out median "
-        "| held-out good max / median | recall at the threshold | recall above the held-out good max |"
+        "| held-out good max / median | recall at the threshold | recall above the held-out good max "
+        "| good images at or above the threshold |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for size in (int(value) for value in args.sizes.split(",")):
         print(describe(args.category, size, args.root), flush=True)
 
