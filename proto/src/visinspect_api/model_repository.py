@@ -232,9 +232,9 @@ class ModelMetadata:
 
     ``parameters`` are the architecture's numeric parameters, by name (PaDiM: ``n_features``; PatchCore:
     ``coreset_ratio``, ``num_neighbors``, ``reweighted_score`` (1: anomalib's re-weighted distance is the image
-    score; 0 or absent in exports before it: see ``pred_score``), ``memory_bank_size``, ``embedding_dim``; both:
-    ``tiles`` per side of
-    the input, 1 when untiled, absent from earlier exports); empty before schema 3.
+    score; 0: the map's maximum is; absent from earlier exports, which used the re-weighted distance),
+    ``memory_bank_size``, ``embedding_dim``; both: ``tiles`` per side of the input, 1 when untiled, absent
+    from earlier exports); empty before schema 3.
     """
 
     model_name: str
