@@ -26,7 +26,7 @@ $(STAMP): proto/pyproject.toml training/pyproject.toml server/pyproject.toml cli
 
 $(KSTAMP):
 	$(PYTHON) -m venv $(KVENV)
-	$(KVENV)/bin/pip install --quiet "kserve==0.21.0" "openvino==2026.4.*" numpy
+	$(KVENV)/bin/pip install --quiet "kserve==0.21.0" "openvino==2026.4.1" numpy
 	touch $@
 
 # DATASET=mvtec CATEGORY=bottle trains on MVTec AD instead (downloaded where the network allows);

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -112,3 +114,35 @@ def test_unreadable_image(score, synthetic_category: Path) -> None:
 def test_unknown_key_is_a_clear_type_error(score) -> None:
     with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
         call_like_domino(score, '{"data": {"image": "test/good/000.png", "colour": "red"}}')
+
+
+@pytest.mark.package_index  # the fresh environment's dependencies come from the index
+def test_the_model_image_requirements_are_enough_to_score(served, synthetic_category: Path, tmp_path: Path) -> None:
+    """A fresh virtualenv with only requirements.txt installed, as Domino builds the model image, imports score.py
+    and scores an image through the served facade."""
+    venv = tmp_path / "model-image"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", "requirements.txt"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True
+    ).stdout
+    names = {item["name"].lower() for item in json.loads(installed)}
+    assert {"visinspect-client", "visinspect-api", "grpcio"} <= names
+    assert not names & {"torch", "openvino", "anomalib", "visinspect-server", "visinspect-training"}
+    call = "import json, score; print(json.dumps(score.predict(image='test/good/000.png')))"
+    env = {
+        "VISINSPECT_SERVER": served.address,
+        "VISINSPECT_IMAGE_ROOT": str(synthetic_category),
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [str(python), "-c", call], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["model"] == "brick" and isinstance(result["is_anomalous"], bool)

@@ -28,7 +28,7 @@ OVMS_TIMEOUT_S = 3.0
 if not KSERVE_PYTHON.exists():
     pytest.skip(
         f"the kserve virtualenv is absent ({KSERVE_PYTHON}); create it with: python3.11 -m venv .venv-kserve && "
-        ".venv-kserve/bin/pip install 'kserve==0.21.0' 'openvino==2026.4.*' numpy",
+        ".venv-kserve/bin/pip install 'kserve==0.21.0' 'openvino==2026.4.1' numpy",
         allow_module_level=True,
     )
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
+import tomllib
 
 import yaml
 
 from tests.conftest import REPO_ROOT
+from visinspect_api.model_repository import OPENVINO_RELEASE, OVMS_IMAGE
 from visinspect_server.settings import parse
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
@@ -14,9 +17,7 @@ COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 
 def test_ovms_service_is_pinned_mounted_read_only_and_checked() -> None:
     ovms = COMPOSE["services"]["ovms"]
-    image, tag = ovms["image"].split(":")
-    assert image == "openvino/model_server"
-    assert tuple(int(part) for part in tag.split(".")[:2]) >= (2026, 3)
+    assert ovms["image"] == OVMS_IMAGE
     assert "./model_repository:/models:ro" in ovms["volumes"]
     assert "--config_path=/models/config.json" in ovms["command"]
     assert "http://localhost:8000/v2/health/ready" in ovms["healthcheck"]["test"]
@@ -57,4 +58,61 @@ def test_compose_paths_exist() -> None:
     for service in COMPOSE["services"].values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            assert source.startswith("./"), volume
+            assert source == "." or source.startswith("./"), volume
+
+
+def dependencies(distribution: str) -> list[str]:
+    return tomllib.loads((REPO_ROOT / distribution / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def test_one_openvino_release_exports_and_serves() -> None:
+    """OVMS's image, training's OpenVINO and the stand-in's are the one pair the contracts package states."""
+    assert OVMS_IMAGE.endswith(":" + OPENVINO_RELEASE)
+    assert f"openvino=={OPENVINO_RELEASE}" in dependencies("training")
+    assert f"openvino>={OPENVINO_RELEASE}" in dependencies("server")  # reads IR of that release or older
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert re.findall(r'"openvino[=<>~!]=?([^"]*)"', makefile) == [OPENVINO_RELEASE]  # the stand-in's environment
+    assert importlib.metadata.version("openvino") == OPENVINO_RELEASE  # what the tests export with
+    mentioned = set(re.findall(r"openvino/model_server:([\w.-]+)", (REPO_ROOT / "README.md").read_text()))
+    assert mentioned == {OPENVINO_RELEASE}
+
+
+def dockerfile_copies() -> set[str]:
+    sources = set()
+    for dockerfile in ("server/Dockerfile", "training/Dockerfile"):
+        for line in (REPO_ROOT / dockerfile).read_text().splitlines():
+            if line.startswith("COPY "):
+                sources.add(line.split()[1].rstrip("/"))
+    return sources
+
+
+def test_the_build_context_holds_only_what_the_dockerfiles_copy() -> None:
+    """Everything is ignored except the folders the Dockerfiles copy (no virtualenvs, data, runs or models)."""
+    patterns = [line for line in (REPO_ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    assert patterns[0] == "*"
+    kept = {pattern[1:].rstrip("/") for pattern in patterns if pattern.startswith("!")}
+    assert kept == dockerfile_copies() == {"proto", "server", "training", "client"}
+    for build in (service["build"] for service in COMPOSE["services"].values() if "build" in service):
+        assert build["context"] == "."  # the .dockerignore at the root applies
+
+
+def test_training_image_installs_cpu_torch() -> None:
+    """torch comes from PyTorch's CPU index at the trainer's pin; PyPI's Linux wheel would pull CUDA."""
+    dockerfile = (REPO_ROOT / "training" / "Dockerfile").read_text()
+    torch_pin = next(d for d in dependencies("training") if d.startswith("torch=="))
+    commands = [c.strip(" \\\n") for c in re.split(r"&&|RUN ", dockerfile) if "pip install" in c]
+    with_torch = [c for c in commands if torch_pin in c.split()]
+    assert len(with_torch) == 1
+    assert "--index-url https://download.pytorch.org/whl/cpu" in with_torch[0]
+
+
+def test_training_runs_as_the_invoking_user_in_the_checkout() -> None:
+    """Files it writes belong to the user; it creates data/, runs/ and the repository itself (a bind mount of
+    a missing folder would be created by the daemon as root); caches go to a git-ignored folder."""
+    training = COMPOSE["services"]["training"]
+    assert training["user"] == "${UID:-1000}:${GID:-1000}"
+    assert training["volumes"] == [".:/work"] and training["working_dir"] == "/work"
+    environment = training["environment"]
+    assert environment["HOME"].startswith("/work/.cache/")
+    assert environment["VISINSPECT_CACHE_DIR"].startswith("/work/.cache/")
+    assert ".cache/" in (REPO_ROOT / ".gitignore").read_text().splitlines()

@@ -46,6 +46,14 @@ IR_BIN_FILENAME = "model.bin"
 OVMS_CONFIG_FILENAME = "config.json"
 STAGING_DIRNAME = ".staging"
 
+# The OpenVINO release that exports the IR and the OVMS image that serves it, stated once. An IR reads in an
+# OpenVINO at least as new as the one that wrote it (a newer writer may use opsets an older OVMS lacks), so
+# training pins exactly this release, the embedded server needs at least it, and OVMS runs the image built
+# on it. docker-compose.yml, deploy/kubernetes, training's and server's pyproject.toml and the Makefile's
+# stand-in environment state the same pair: tests/unit/test_deployment_files.py checks that they agree.
+OPENVINO_RELEASE = "2026.4.1"
+OVMS_IMAGE = f"openvino/model_server:{OPENVINO_RELEASE}"
+
 ArchitectureName = Literal["padim", "patchcore"]
 InferencePrecision = Literal["f32", "bf16", "f16"]
 IrPrecision = Literal["FP32", "FP16"]
