@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_IMAGE_SIZE
-from visinspect_api.model_repository import list_versions, read_metadata
+from tests.unit.test_model_repository import make_metadata
+from visinspect_api.model_repository import list_versions, read_metadata, write_metadata
 from visinspect_training.cli import main
 
 
@@ -102,6 +103,24 @@ def test_bad_options_give_one_line_errors(tmp_path: Path, capsys, arguments, mes
     assert err.startswith("error: ") and message in err
     assert err.count("\n") == 1
     assert list_versions(tmp_path / "repository" / "brick") == []
+
+
+def test_run_refuses_another_precision_for_a_published_model_before_training(tmp_path: Path, capsys) -> None:
+    """OVMS compiles all of a model's versions with one plugin_config: a bf16 version of an f32 model would
+    recompile the f32 ones at bf16. Refused before any training, with the way out."""
+    published = tmp_path / "repository" / "brick" / "1"
+    published.mkdir(parents=True)
+    write_metadata(published, make_metadata(model_name="brick", inference_precision="f32"))
+    status = main([
+        "run", "--data-root", str(tmp_path / "synthetic"), "--image-size", str(TINY_IMAGE_SIZE),
+        "--runs", str(tmp_path / "runs"), "--repository", str(tmp_path / "repository"), "--inference-precision", "bf16",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "model 'brick' is served at inference precision f32" in err and "one plugin_config" in err
+    assert "--inference-precision f32" in err and "--model-name" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "synthetic").exists()
+    assert list_versions(tmp_path / "repository" / "brick") == [1]
 
 
 def test_weights_file_with_wrong_hash(tmp_path: Path, capsys) -> None:

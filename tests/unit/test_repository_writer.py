@@ -12,8 +12,9 @@ import pytest
 
 from tests.unit.test_model_repository import make_metadata
 from visinspect_api.model_repository import list_versions, write_metadata
+from visinspect_api.ovms_config import read_ovms_config
 from visinspect_training.errors import RepositoryError
-from visinspect_training.repository import publish, staging_folder, write_ovms_config
+from visinspect_training.repository import check_model_precision, publish, staging_folder, write_ovms_config
 
 
 def stage_and_publish(repository: Path, name: str = "bottle") -> int:
@@ -71,7 +72,7 @@ def test_ovms_config_lists_models_with_valid_versions(tmp_path: Path) -> None:
         write_metadata(version, make_metadata(model_name=name, inference_precision=precision))
     (tmp_path / "broken" / "1").mkdir(parents=True)  # no metadata: left out
     (tmp_path / "empty").mkdir()  # no version: left out
-    config = json.loads(write_ovms_config(tmp_path, "THROUGHPUT").read_text())
+    config = json.loads(write_ovms_config(tmp_path, {"brick": "THROUGHPUT"}).read_text())
     entries = {entry["config"]["name"]: entry["config"] for entry in config["model_config_list"]}
     assert sorted(entries) == ["bottle", "brick"]
     assert entries["brick"] == {
@@ -81,9 +82,38 @@ def test_ovms_config_lists_models_with_valid_versions(tmp_path: Path) -> None:
         "model_version_policy": {"latest": {"num_versions": 2}},
         "plugin_config": {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "bf16"},
     }
-    assert entries["bottle"]["plugin_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert entries["bottle"]["plugin_config"] == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def test_a_models_performance_hint_survives_other_models_exports(tmp_path: Path) -> None:
+    """The hint belongs to the model (OVMS applies it to all its versions): exporting bottle leaves brick's."""
+    for name in ("bottle", "brick"):
+        (tmp_path / name / "1").mkdir(parents=True)
+        write_metadata(tmp_path / name / "1", make_metadata(model_name=name))
+    write_ovms_config(tmp_path, {"brick": "THROUGHPUT"})
+    write_ovms_config(tmp_path, {"bottle": "LATENCY"})
+    served = read_ovms_config(tmp_path)
+    assert served is not None
+    assert served["brick"].plugin_config["PERFORMANCE_HINT"] == "THROUGHPUT"
+    assert served["bottle"].plugin_config["PERFORMANCE_HINT"] == "LATENCY"
+    write_ovms_config(tmp_path, {"brick": "LATENCY"})  # changed explicitly: every version of brick follows
+    assert read_ovms_config(tmp_path)["brick"].plugin_config["PERFORMANCE_HINT"] == "LATENCY"
+
+
+def test_a_version_at_another_precision_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    check_model_precision(tmp_path, "brick", "bf16")  # a new model takes any precision
+    (tmp_path / "brick" / "1").mkdir(parents=True)
+    write_metadata(tmp_path / "brick" / "1", make_metadata(model_name="brick", inference_precision="f32"))
+    check_model_precision(tmp_path, "brick", "f32")
+    with pytest.raises(RepositoryError) as refused:
+        check_model_precision(tmp_path, "brick", "bf16")
+    message = str(refused.value)
+    assert "one plugin_config" in message and "--inference-precision f32" in message and "--model-name" in message
+    (tmp_path / "brick" / "2").mkdir()  # a newer version without readable metadata does not speak for the model
+    with pytest.raises(RepositoryError, match="version 1"):
+        check_model_precision(tmp_path, "brick", "bf16")
 
 
 def test_ovms_config_refuses_unknown_hint(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match="performance hint"):
-        write_ovms_config(tmp_path, "FASTEST")
+        write_ovms_config(tmp_path, {"bottle": "FASTEST"})

@@ -280,8 +280,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
+    from visinspect_training.repository import check_model_precision  # noqa: PLC0415
+
     options = _export_options(args)  # refuse bad export options before spending time on training
-    run = _train(args)
+    config = _train_config(args)
+    check_model_precision(args.repository, config.model_name, options.inference_precision)
+    run = _train(args, config)
     _console.print(_run_table(run))
     _export_and_report(run, args.repository, options, report=not args.no_report)
 
@@ -340,10 +344,17 @@ def _cmd_fetch_weights(args: argparse.Namespace) -> None:
         print(fetch_builtin_weights(backbone))  # the verified cached file
 
 
-def _train(args: argparse.Namespace):  # noqa: ANN202 - TrainedRun, imported lazily
-    from visinspect_training.data import DatasetSpec  # noqa: PLC0415
+def _train(args: argparse.Namespace, config=None):  # noqa: ANN001, ANN202 - TrainConfig, TrainedRun: lazy types
     from visinspect_training.progress import new_progress  # noqa: PLC0415
-    from visinspect_training.train import TrainConfig, train  # noqa: PLC0415
+    from visinspect_training.train import train  # noqa: PLC0415
+
+    with new_progress() as progress:
+        return train(config or _train_config(args), args.runs, progress)
+
+
+def _train_config(args: argparse.Namespace):  # noqa: ANN202 - TrainConfig, imported lazily
+    from visinspect_training.data import DatasetSpec  # noqa: PLC0415
+    from visinspect_training.train import TrainConfig  # noqa: PLC0415
     from visinspect_training.weights import WeightsSpec  # noqa: PLC0415
 
     dataset = DatasetSpec(
@@ -363,7 +374,7 @@ def _train(args: argparse.Namespace):  # noqa: ANN202 - TrainedRun, imported laz
         calibration_folds=args.calibration_folds,
     )
     source = args.weights or ("file" if args.weights_file else "builtin")
-    config = TrainConfig(
+    return TrainConfig(
         model_name=args.model_name or dataset.display_name,
         dataset=dataset,
         backbone=args.backbone,
@@ -380,8 +391,6 @@ def _train(args: argparse.Namespace):  # noqa: ANN202 - TrainedRun, imported laz
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
-    with new_progress() as progress:
-        return train(config, args.runs, progress)
 
 
 def _export_options(args: argparse.Namespace):  # noqa: ANN202 - ExportOptions, imported lazily

@@ -24,7 +24,13 @@ from visinspect_training.data import build_datamodule
 from visinspect_training.errors import ConfigError
 from visinspect_training.evaluate import TestPredictions, anomalib_reference, evaluate_test_split
 from visinspect_training.families import scoring_batch_size
-from visinspect_training.repository import publish, staging_folder, write_ovms_config
+from visinspect_training.repository import (
+    PERFORMANCE_HINTS,
+    check_model_precision,
+    publish,
+    staging_folder,
+    write_ovms_config,
+)
 from visinspect_training.train import TrainedRun
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,9 @@ class ExportOptions:
             raise ConfigError(_INT8_REFUSAL)
         if self.ir_precision not in IR_PRECISIONS:
             raise ConfigError(f"IR precision must be one of {', '.join(IR_PRECISIONS)}, got {self.ir_precision!r}")
+        if self.performance_hint not in PERFORMANCE_HINTS:
+            hints = ", ".join(PERFORMANCE_HINTS)
+            raise ConfigError(f"performance hint must be one of {hints}, got {self.performance_hint!r}")
         if self.inference_precision not in INFERENCE_PRECISIONS:
             raise ConfigError(
                 f"inference precision must be one of {', '.join(INFERENCE_PRECISIONS)}, "
@@ -77,6 +86,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
     """
     options = options or ExportOptions()
     config = run.config
+    check_model_precision(repository, config.model_name, options.inference_precision)
     with staging_folder(repository, config.model_name) as staged:
         family = config.family
         model, input_contract, outputs = ir.convert(family.serving_graph(run.model, config), config.image_size)
@@ -138,7 +148,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
         )
         write_metadata(staged, metadata)
         version = publish(staged, repository / config.model_name)
-    write_ovms_config(repository, options.performance_hint)
+    write_ovms_config(repository, {config.model_name: options.performance_hint})
     log.info("published %s version %d", config.model_name, version)
     return ExportResult(
         version=version,

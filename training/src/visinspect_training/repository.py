@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from visinspect_api.model_repository import (
@@ -25,6 +25,7 @@ from visinspect_api.model_repository import (
     list_versions,
     read_metadata,
 )
+from visinspect_api.ovms_config import PERFORMANCE_HINT, PRECISION_HINT, ModelServingConfig, read_ovms_config
 from visinspect_training.errors import RepositoryError
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,46 @@ def publish(staged: Path, model_dir: Path) -> int:
         version += 1
 
 
-def write_ovms_config(repository: Path, performance_hint: str = "LATENCY") -> Path:
+def check_model_precision(repository: Path, model_name: str, inference_precision: str) -> None:
+    """Refuse a new version whose inference precision differs from the model's published versions.
+
+    OVMS compiles every version of a model with the one ``plugin_config`` of its ``config.json`` entry
+    (docs/model_version_policy.md, docs/online_config_changes.md in openvinotoolkit/model_server): a version
+    at another precision would recompile the published ones at a precision they were not evaluated and
+    calibrated at. The newest readable version speaks for the model.
+    """
+    for version in reversed(list_versions(repository / model_name)):
+        try:
+            existing = read_metadata(repository / model_name / str(version)).inference_precision
+        except MetadataError:
+            continue
+        if existing != inference_precision:
+            raise RepositoryError(
+                f"model {model_name!r} is served at inference precision {existing} (version {version} and its "
+                f"predecessors were evaluated at it), and OVMS compiles every version of a model with one "
+                f"plugin_config: a {inference_precision} version would recompile them at {inference_precision}. "
+                f"Export with --inference-precision {existing}, or as a new model with --model-name"
+            )
+        return
+
+
+def write_ovms_config(repository: Path, hints: Mapping[str, str] | None = None) -> Path:
     """Regenerate ``config.json`` listing every model that has a valid version, for OVMS >= 2026.3.
 
     ``base_path`` is relative to the config file (OVMS resolves it so), so the repository can be
-    mounted anywhere. Each model's inference precision comes from its newest version's metadata.
+    mounted anywhere. Each model's inference precision comes from its newest version's metadata; its
+    performance hint from ``hints`` (model name -> hint), else the one the current file gives it, else
+    LATENCY: a hint belongs to the model, as OVMS applies it to all of its versions.
     """
-    if performance_hint not in PERFORMANCE_HINTS:
-        raise RepositoryError(f"performance hint must be one of {PERFORMANCE_HINTS}, got {performance_hint!r}")
+    hints = dict(hints or {})
+    for hint in hints.values():
+        if hint not in PERFORMANCE_HINTS:
+            raise RepositoryError(f"performance hint must be one of {PERFORMANCE_HINTS}, got {hint!r}")
+    try:
+        current = read_ovms_config(repository) or {}
+    except MetadataError as exc:
+        log.warning("regenerating %s from the versions alone: %s", OVMS_CONFIG_FILENAME, exc)
+        current = {}
     entries = []
     for name in list_models(repository):
         versions = list_versions(repository / name)
@@ -111,20 +144,17 @@ def write_ovms_config(repository: Path, performance_hint: str = "LATENCY") -> Pa
         except MetadataError as exc:
             log.warning("leaving %s out of %s: %s", name, OVMS_CONFIG_FILENAME, exc)
             continue
-        entries.append(
-            {
-                "config": {
-                    "name": name,
-                    "base_path": name,
-                    "target_device": "CPU",
-                    "model_version_policy": {"latest": {"num_versions": SERVED_VERSIONS}},
-                    "plugin_config": {
-                        "PERFORMANCE_HINT": performance_hint,
-                        "INFERENCE_PRECISION_HINT": metadata.inference_precision,
-                    },
-                }
-            }
+        previous = current.get(name)
+        hint = hints.get(name) or (previous.plugin_config.get(PERFORMANCE_HINT) if previous else None) or "LATENCY"
+        if previous is not None and previous.plugin_config.get(PERFORMANCE_HINT) not in (None, hint):
+            log.info("%s: OVMS will reload every version of it with PERFORMANCE_HINT %s", name, hint)
+        served = ModelServingConfig(
+            name=name,
+            base_path=name,
+            num_versions=SERVED_VERSIONS,
+            plugin_config={PERFORMANCE_HINT: hint, PRECISION_HINT: metadata.inference_precision},
         )
+        entries.append(served.to_json())
     path = repository / OVMS_CONFIG_FILENAME
     temporary = path.with_name(f".{OVMS_CONFIG_FILENAME}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps({"model_config_list": entries}, indent=2) + "\n", encoding="utf-8")
