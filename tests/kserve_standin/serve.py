@@ -1,32 +1,42 @@
-"""Serve an OVMS-layout model repository over KServe v2 gRPC with kserve's ModelServer, like OVMS does.
+"""Serve an OVMS-layout model repository over KServe v2 gRPC with kserve's ModelServer, behaving like OVMS.
 
 Run with the kserve virtualenv (kserve and tritonclient cannot share a process)::
 
     .venv-kserve/bin/python tests/kserve_standin/serve.py --repository model_repository --grpc-port 8001
 
-Every ``<model>/<N>/model.xml`` is compiled with OpenVINO on CPU at the ``inference_precision`` of
-its ``visinspect-metadata.json`` (f32 when the file is missing or unreadable). kserve 0.21 has no
-model versions (its data plane looks models up by name only), so each version is registered as its
-own entry ``<model>/<N>`` and the gRPC servicer is replaced by one that resolves the request's
-``(name, version)`` pair to that entry: version ``""`` means the newest, an unknown model or
-version answers NOT_FOUND, like OVMS. ModelMetadata reports the model's name, its versions and the
-IR's real input/output names, shapes (-1 for dynamic dimensions) and datatypes.
-Both of kserve's ports (gRPC, and the REST one it always opens) are bound to 127.0.0.1 only.
-Prints ``kserve stand-in ready on port N`` to stdout once the gRPC server has started.
+Models and versions follow ``<repository>/config.json`` (``--config-path``) the way OpenVINO Model Server does
+(registry.py and policy.py say which OVMS file each rule comes from): a watcher re-reads the config and rescans the
+version folders every ``--poll-seconds``, loads new versions (LOADING for ``--load-delay-seconds`` more, then
+AVAILABLE), reloads versions whose config changed and retires those the ``model_version_policy`` drops. Each version
+is compiled with OpenVINO for the config's ``target_device`` and ``plugin_config``. Without a config.json every model
+folder is served with all its versions, each at its ``visinspect-metadata.json`` ``inference_precision``.
+
+kserve 0.21 has no model versions, so the servicer answers ModelReady, ModelMetadata and ModelInfer from the
+registry, with OVMS's status codes and messages; ServerLive is kserve's, ServerReady is false until the first load
+of the repository is over (src/server.cpp starts the gRPC server before the servable manager). Metadata reports the
+IR's input/output names as read, shapes (-1 for dynamic dimensions), datatypes and the AVAILABLE versions; outputs
+go back as raw binary contents. Both of kserve's ports (gRPC, and the REST one it always opens) are bound to
+127.0.0.1 only. Prints ``kserve stand-in ready on port N`` once the gRPC server has started and the first load is
+done, then one line per state change: ``version <model>/<N> LOADING``, ``... AVAILABLE``, ``... UNLOADED (<why>)``,
+``loaded <model> version <N> with INFERENCE_PRECISION_HINT=<x> PERFORMANCE_HINT=<y>`` (read back from the compiled
+model) and ``config reloaded: <models>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
+import contextlib
 import sys
+import threading
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: make `tests.kserve_standin` importable
 
 _OV_TO_KSERVE = {
     ov.Type.u8: "UINT8",
@@ -37,14 +47,24 @@ _OV_TO_KSERVE = {
     ov.Type.f32: "FP32",
     ov.Type.boolean: "BOOL",
 }
-_PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 
 
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True, help="kserve always starts its REST server too")
+    parser.add_argument("--config-path", type=Path, help="default: <repository>/config.json")
+    parser.add_argument(
+        "--poll-seconds", type=float, default=1.0, help="OVMS --file_system_poll_wait_seconds (default 1; 0: never)"
+    )
+    parser.add_argument("--load-delay-seconds", type=float, default=0.0, help="extra time each (re)load takes")
+    parser.add_argument(
+        "--load-wait-seconds",
+        type=float,
+        default=10.0,
+        help="how long ModelInfer waits for a loading version (OVMS: 10 s, src/modelmanager.hpp)",
+    )
     return parser.parse_known_args(argv)[0]
 
 
@@ -52,21 +72,18 @@ def _dims(shape: ov.PartialShape) -> list[int]:
     return [dim.get_length() if dim.is_static else -1 for dim in shape]
 
 
-def _inference_precision(version_dir: Path) -> str:
-    try:
-        metadata = json.loads((version_dir / "visinspect-metadata.json").read_text())
-        return _PRECISIONS.get(str(metadata.get("inference_precision")), "f32")
-    except (OSError, ValueError, AttributeError):
-        return "f32"
+def _emit(line: str) -> None:
+    print(line, flush=True)
 
 
 def main() -> None:
     options = _parse()
     # kserve parses sys.argv when imported: hand it only its own flags.
     sys.argv = [sys.argv[0], "--grpc_port", str(options.grpc_port), "--http_port", str(options.http_port)]
+    import grpc
     import kserve
     from grpc import aio
-    from kserve.errors import ModelNotFound
+    from grpc_interceptor.exceptions import GrpcException
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc import server as grpc_server
@@ -75,109 +92,84 @@ def main() -> None:
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
     from kserve.protocol.rest import server as rest_server
 
-    class OpenVINOModel(kserve.Model):
-        """One model version: an IR compiled for CPU."""
+    from tests.kserve_standin.registry import OvmsError, Registry
 
-        def __init__(self, key: str, name: str, version: str, version_dir: Path, core: ov.Core) -> None:
-            super().__init__(key)
-            self.model_name, self.version, self.version_dir, self._core = name, version, version_dir, core
-            self._model: ov.Model | None = None
-            self._compiled: ov.CompiledModel | None = None
+    config_path = options.config_path or options.repository / "config.json"
+    registry = Registry(options.repository, config_path, options.load_delay_seconds, _emit)
 
-        def load(self) -> bool:
-            model = self._core.read_model(self.version_dir / "model.xml")
-            self._model = model  # names come from the IR as read (the compiled ports may list another alias first)
-            precision = _inference_precision(self.version_dir)
-            self._compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
-            self.ready = True
-            return True
+    @contextlib.contextmanager
+    def ovms_status() -> Iterator[None]:
+        try:
+            yield
+        except OvmsError as exc:
+            raise GrpcException(exc.message, grpc.StatusCode[exc.code]) from exc
 
-        def _ports(self, ports: list) -> list[dict]:
-            return [
-                {
-                    "name": p.get_any_name(),
-                    "datatype": _OV_TO_KSERVE[p.get_element_type()],
-                    "shape": _dims(p.get_partial_shape()),
-                }
-                for p in ports
-            ]
-
-        def get_input_types(self) -> list[dict]:
-            return self._ports(self._model.inputs)
-
-        def get_output_types(self) -> list[dict]:
-            return self._ports(self._model.outputs)
-
-        async def predict(
-            self, payload: InferRequest, headers: dict | None = None, response_headers: dict | None = None
-        ) -> InferResponse:
-            feed = {tensor.name: tensor.as_numpy() for tensor in payload.inputs}
-            results = await asyncio.to_thread(self._infer, feed)
-            outputs = []
-            for port, declared in zip(self._compiled.outputs, self._model.outputs, strict=True):
-                array = np.ascontiguousarray(results[port])
-                output = InferOutput(declared.get_any_name(), list(array.shape), _OV_TO_KSERVE[port.get_element_type()])
-                output.set_data_from_numpy(array, binary_data=True)
-                outputs.append(output)
-            return InferResponse(
-                payload.id, self.model_name, outputs, model_version=self.version, use_binary_outputs=True
+    def tensors(ports: list[ov.Output]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+        return [
+            pb.ModelMetadataResponse.TensorMetadata(
+                name=p.get_any_name(), datatype=_OV_TO_KSERVE[p.get_element_type()], shape=_dims(p.get_partial_shape())
             )
+            for p in ports
+        ]
 
-        def _infer(self, feed: dict) -> dict:
-            request = self._compiled.create_infer_request()
-            request.infer(feed)
-            return {port: request.get_tensor(port).data.copy() for port in self._compiled.outputs}
-
-    core = ov.Core()
-    models: list[OpenVINOModel] = []
-    versions: dict[str, list[str]] = {}
-    for model_dir in sorted(p for p in options.repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        numbers = sorted(
-            int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0
-        )
-        for number in numbers:
-            version_dir = model_dir / str(number)
-            if not (version_dir / "model.xml").is_file():
-                continue
-            model = OpenVINOModel(f"{model_dir.name}/{number}", model_dir.name, str(number), version_dir, core)
-            model.load()
-            models.append(model)
-            versions.setdefault(model_dir.name, []).append(str(number))
-            logging.getLogger("kserve-standin").info("loaded %s version %d", model_dir.name, number)
-
-    def resolve(name: str, version: str) -> str:
-        known = versions.get(name)
-        if not known:
-            raise ModelNotFound(name)
-        if not version:
-            return f"{name}/{known[-1]}"
-        if version not in known:
-            raise ModelNotFound(f"{name} version {version}")
-        return f"{name}/{version}"
+    def infer(compiled: ov.CompiledModel, feed: dict) -> list[np.ndarray]:
+        request = compiled.create_infer_request()
+        request.infer(feed)
+        return [np.array(request.get_tensor(port).data, copy=True, order="C") for port in compiled.outputs]
 
     class VersionedServicer(InferenceServicer):
-        """KServe's servicer with versions: (name, version) -> the registered entry ``name/version``."""
+        """KServe's servicer, with OVMS's versions from the registry."""
+
+        async def ServerReady(self, request: pb.ServerReadyRequest, context: object) -> pb.ServerReadyResponse:  # noqa: N802
+            response = await super().ServerReady(request, context)
+            return pb.ServerReadyResponse(ready=response.ready and registry.started)
 
         async def ModelReady(self, request: pb.ModelReadyRequest, context: object) -> pb.ModelReadyResponse:  # noqa: N802
-            key = resolve(request.name, request.version)
-            return await super().ModelReady(pb.ModelReadyRequest(name=key), context)
+            with ovms_status():
+                return pb.ModelReadyResponse(ready=registry.ready(request.name, request.version))
 
         async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: object) -> pb.ModelMetadataResponse:  # noqa: N802
-            key = resolve(request.name, request.version)
-            response = await super().ModelMetadata(pb.ModelMetadataRequest(name=key), context)
-            response.name = request.name
-            response.versions.extend(versions[request.name])
-            return response
+            with ovms_status():
+                ir, versions = registry.metadata(request.name, request.version)
+            return pb.ModelMetadataResponse(
+                name=request.name,
+                versions=[str(v) for v in versions],
+                platform="OpenVINO",  # src/kfs_frontend/kfs_grpc_inference_service.cpp
+                inputs=tensors(ir.inputs),  # names come from the IR as read (compiled ports may differ)
+                outputs=tensors(ir.outputs),
+            )
 
         async def ModelInfer(self, request: pb.ModelInferRequest, context: object) -> pb.ModelInferResponse:  # noqa: N802
-            key = resolve(request.model_name, request.model_version)
-            request.model_name = key
-            response = await super().ModelInfer(request, context)
-            response.model_name, response.model_version = key.split("/")
-            return response
+            self.validate_grpc_request(request)
+            infer_request = InferRequest.from_grpc(request)
+            with ovms_status():
+                version = await asyncio.to_thread(
+                    registry.acquire, request.model_name, request.model_version, options.load_wait_seconds
+                )
+            try:  # an in-flight inference holds its version: a reload or retirement waits for it
+                assert version.compiled is not None and version.ir is not None
+                feed = {tensor.name: tensor.as_numpy() for tensor in infer_request.inputs}
+                results = await asyncio.to_thread(infer, version.compiled, feed)
+                outputs = []
+                for array, port, declared in zip(results, version.compiled.outputs, version.ir.outputs, strict=True):
+                    output = InferOutput(
+                        declared.get_any_name(), list(array.shape), _OV_TO_KSERVE[port.get_element_type()]
+                    )
+                    output.set_data_from_numpy(array, binary_data=True)
+                    outputs.append(output)
+            finally:
+                registry.release(version)
+            response = InferResponse(
+                infer_request.id,
+                request.model_name,
+                outputs,
+                model_version=str(version.number),
+                use_binary_outputs=True,
+            )
+            return response.to_grpc()
 
     async def start_on_loopback(self: grpc_server.GRPCServer, max_workers: int) -> None:
-        """kserve's GRPCServer.start, but bound to loopback, with versions, announcing readiness."""
+        """kserve's GRPCServer.start, but bound to loopback, with versions, loading the repository, announcing it."""
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
@@ -190,7 +182,11 @@ def main() -> None:
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
         self._server.add_insecure_port(f"127.0.0.1:{options.grpc_port}")
         await self._server.start()
+        await asyncio.to_thread(registry.poll)
+        registry.started = True
         print(f"kserve stand-in ready on port {options.grpc_port}", flush=True)
+        if options.poll_seconds > 0:
+            threading.Thread(target=registry.watch, args=(options.poll_seconds,), daemon=True).start()
         await self._server.wait_for_termination()
 
     original_rest_init = rest_server.RESTServer.__init__
@@ -201,9 +197,7 @@ def main() -> None:
 
     grpc_server.GRPCServer.start = start_on_loopback
     rest_server.RESTServer.__init__ = rest_on_loopback
-    kserve.ModelServer(grpc_port=options.grpc_port, http_port=options.http_port, enable_latency_logging=False).start(
-        models
-    )
+    kserve.ModelServer(grpc_port=options.grpc_port, http_port=options.http_port, enable_latency_logging=False).start([])
 
 
 if __name__ == "__main__":
