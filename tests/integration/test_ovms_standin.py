@@ -36,7 +36,7 @@ BF16 = "bf16" if ("avx512_bf16" in _FLAGS or "amx_bf16" in _FLAGS) else "f32"  #
 if not KSERVE_PYTHON.exists():
     pytest.skip(
         f"the kserve virtualenv is absent ({KSERVE_PYTHON}); create it with: python3.11 -m venv .venv-kserve && "
-        ".venv-kserve/bin/pip install 'kserve==0.21.0' 'openvino==2026.4.*' numpy",
+        ".venv-kserve/bin/pip install 'kserve==0.21.0' 'openvino==2026.4.1' numpy",
         allow_module_level=True,
     )
 

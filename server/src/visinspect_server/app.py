@@ -97,6 +97,7 @@ class InspectionServer:
             on_change=self._on_models_changed,
             on_rejected=lambda name: self.metrics.versions_rejected.labels(name).inc(),
             on_repository=self._on_repository,
+            served_versions=None if self.connection is None else self.connection.served_versions,
         )
         self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="visinspect")
         limits = PipelineLimits(settings.max_pixels, settings.max_file_bytes, settings.image_root)

@@ -21,6 +21,19 @@ class ModelLoadError(Exception):
     """A model version cannot be served: bad IR, contract mismatch, compile failure."""
 
 
+class ModelNotReadyError(ModelLoadError):
+    """The model server has not loaded the version yet (or is unreachable): worth trying again later."""
+
+
+@dataclass(frozen=True)
+class ServedVersions:
+    """Of a model's versions on disk, those a model server serves, and the configuration it compiles them
+    with: when that changes between two scans the model server reloads them, so they are checked again."""
+
+    versions: list[int]
+    config: object = None
+
+
 @dataclass(frozen=True)
 class RawOutput:
     """Raw model outputs for a batch: anomaly maps [N, H, W] and image scores [N], float32."""

@@ -5,24 +5,30 @@ pre- and post-processing, and only the IR runs remotely. The model server serves
 OVMS-layout repository as the facade reads: the facade reads a version's metadata from disk and
 asks the model server for exactly that model name and version.
 
+- Which versions: those the model server's ``config.json`` version policy serves
+  (:meth:`KServeConnection.served_versions`, read from the shared repository, as OVMS reads it); without
+  a ``config.json`` (Triton, KServe), every version on disk is asked for.
 - Loading a version (:class:`KServeBackend`, in the registry's worker thread) checks the remote
-  model: the version must be ready, and its metadata (input/output names, shapes with -1 for the
-  dynamic batch, datatypes) must match ``visinspect-metadata.json``; one warm-up inference checks
-  the output shapes. Any mismatch, a version or model the server lacks, or an unreachable server
-  raises :class:`~visinspect_server.backend.ModelLoadError`, so the registry rejects the version
-  with a log line.
+  model: ``config.json`` must compile it at the precision it was evaluated at (OVMS applies one
+  ``plugin_config`` to all of a model's versions and KServe v2 cannot report what was compiled, so the
+  file OVMS compiles from is checked); the version must be ready, and its metadata (input/output names,
+  shapes with -1 for the dynamic batch, datatypes) must match ``visinspect-metadata.json``; one warm-up
+  inference checks the output shapes. A version the model server has not loaded yet, or an unreachable
+  server, raises :class:`~visinspect_server.backend.ModelNotReadyError` (the registry tries again with
+  back-off); a mismatch raises :class:`~visinspect_server.backend.ModelLoadError` (rejected).
 - Requests share one channel (:class:`KServeConnection`, created on the event loop at first use)
   with keep-alive and short reconnect back-off, so it recovers by itself after the model server
   restarts. Tensors travel as raw binary contents; every call has a deadline.
 - Errors: unreachable, UNAVAILABLE, a missed deadline, or a version the server stopped serving
   → :class:`~visinspect_server.errors.UnavailableError` ("inference backend at HOST:PORT is
-  unavailable: ..."); anything else → :class:`~visinspect_server.errors.InspectionError` (INTERNAL).
+  unavailable: ..."), except a version its version policy has retired since (NOT_FOUND, naming it);
+  anything else → :class:`~visinspect_server.errors.InspectionError` (INTERNAL).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +37,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from visinspect_api.model_repository import ModelMetadata
-from visinspect_server.backend import ModelLoadError, RawOutput
-from visinspect_server.errors import InspectionError, ResourceExhaustedError, UnavailableError
+from visinspect_api.model_repository import MetadataError, ModelMetadata, list_versions
+from visinspect_api.ovms_config import ModelServingConfig, read_ovms_config
+from visinspect_server.backend import ModelLoadError, ModelNotReadyError, RawOutput, ServedVersions
+from visinspect_server.errors import InspectionError, NotFoundError, ResourceExhaustedError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,22 @@ class KServeConnection:
             )
         return self._client
 
+    def served_versions(self, repository: Path, on_disk: Mapping[str, list[int]]) -> dict[str, ServedVersions]:
+        """Of the versions on disk, those the model server serves by ``config.json``'s version policies, with
+        each model's entry (a model config.json leaves out is not served; without the file, all are asked for)."""
+        try:
+            config = read_ovms_config(repository)
+        except MetadataError as exc:  # OVMS keeps its last valid configuration; readiness tells what it serves
+            log.warning("%s; asking the model server for every version", exc)
+            config = None
+        if config is None:
+            return {name: ServedVersions(versions) for name, versions in on_disk.items()}
+        return {
+            name: ServedVersions(config[name].served_versions(versions), config[name])
+            for name, versions in on_disk.items()
+            if name in config
+        }
+
     def backend_factory(self) -> Callable[[Path, ModelMetadata], KServeBackend]:
         """What the registry calls (in a worker thread) to load one version."""
         return lambda folder, metadata: KServeBackend(self, folder, metadata)
@@ -104,7 +127,7 @@ class KServeConnection:
         except InferenceServerException:
             return False
 
-    def error(self, exc: InferenceServerException, name: str, version: int) -> InspectionError:
+    def error(self, exc: InferenceServerException, repository: Path, name: str, version: int) -> InspectionError:
         """Our domain error for a failed call to the model server."""
         status = exc.status() or ""
         if status in _UNAVAILABLE_CODES:
@@ -115,6 +138,11 @@ class KServeConnection:
             )
             return UnavailableError(f"inference backend at {self.address} is unavailable: {detail}")
         if status == "StatusCode.NOT_FOUND":
+            if _retired(repository, name, version):
+                return NotFoundError(
+                    f"model {name!r} version {version} was retired by the model server's version policy "
+                    f"(config.json); ask for a served version or none (the newest)"
+                )
             return UnavailableError(
                 f"inference backend at {self.address} is unavailable: it no longer serves model {name!r} "
                 f"version {version}"
@@ -137,16 +165,37 @@ class KServeBackend:
 
     def __init__(self, connection: KServeConnection, version_dir: Path, metadata: ModelMetadata) -> None:
         self._connection = connection
+        self._repository = version_dir.parent.parent
         self._name = metadata.model_name
         self._version = int(version_dir.name)
         self._input = metadata.input
         self._map_name = metadata.outputs.anomaly_map
         self._score_name = metadata.outputs.pred_score
+        self._check_compiled_precision(metadata.inference_precision)
         self._check_remote()
 
     @property
     def _where(self) -> str:
         return f"model server at {self._connection.address}, model {self._name!r} version {self._version}"
+
+    def _check_compiled_precision(self, evaluated_at: str) -> None:
+        """The model server must compile the version at the precision its calibration was measured at."""
+        try:
+            config = _serving_config(self._repository)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{self._where}: {exc}") from exc
+        entry = None if config is None else config.get(self._name)
+        if entry is None:
+            return  # no OVMS config (another KServe server), or a model it does not serve: readiness says so
+        compiled_at = entry.inference_precision
+        if compiled_at != evaluated_at:
+            stated = f"at {compiled_at}" if compiled_at else "at the device's default precision"
+            raise ModelLoadError(
+                f"{self._where}: the model server compiles it {stated} (config.json plugin_config "
+                f"INFERENCE_PRECISION_HINT) but it was evaluated and calibrated at {evaluated_at}: its scores would "
+                f"not match its thresholds; re-export it at {compiled_at or 'the precision config.json states'}, "
+                f"or as a new model"
+            )
 
     def _check_remote(self) -> None:
         """Readiness, metadata against our contract, one warm-up inference (blocking: worker thread)."""
@@ -158,9 +207,12 @@ class KServeBackend:
                 ready = client.is_model_ready(self._name, version, client_timeout=options.timeout_s)
                 remote = client.get_model_metadata(self._name, version, as_json=True, client_timeout=options.timeout_s)
             except InferenceServerException as exc:
+                status = exc.status() or ""
+                if status == "StatusCode.NOT_FOUND" or status in _UNAVAILABLE_CODES:
+                    raise ModelNotReadyError(f"{self._where}: {self._describe(exc)}") from exc
                 raise ModelLoadError(f"{self._where}: {self._describe(exc)}") from exc
             if not ready:
-                raise ModelLoadError(f"{self._where}: the version is not ready")
+                raise ModelNotReadyError(f"{self._where}: the version is not ready")
             problems = self._contract_problems(remote)
             if problems:
                 mismatch = "; ".join(problems)
@@ -172,7 +224,7 @@ class KServeBackend:
     def _describe(self, exc: InferenceServerException) -> str:
         status = exc.status() or ""
         if status == "StatusCode.NOT_FOUND":
-            return f"the model server does not serve this version ({exc.message()})"
+            return f"the model server does not serve this version (yet) ({exc.message()})"
         if status in _UNAVAILABLE_CODES:
             return f"inference backend at {self._connection.address} is unavailable ({exc.message()})"
         return f"{status}: {exc.message()}"
@@ -223,7 +275,7 @@ class KServeBackend:
                 client_timeout=self._connection.options.timeout_s,
             )
         except InferenceServerException as exc:
-            raise self._connection.error(exc, self._name, self._version) from exc
+            raise self._connection.error(exc, self._repository, self._name, self._version) from exc
         return self._unpack(result, images.shape[0])
 
     def _unpack(self, result: grpcclient.InferResult, batch: int) -> RawOutput:
@@ -243,6 +295,24 @@ class KServeBackend:
 
     def close(self) -> None:
         """Nothing per version: the channel is shared and closed by its :class:`KServeConnection`."""
+
+
+def _serving_config(repository: Path) -> dict[str, ModelServingConfig] | None:
+    try:
+        return read_ovms_config(repository)
+    except MetadataError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
+def _retired(repository: Path, name: str, version: int) -> bool:
+    """Whether the version is on disk but outside the version policy of the model server's config.json."""
+    try:
+        config = read_ovms_config(repository)
+        entry = None if config is None else config.get(name)
+        on_disk = list_versions(repository / name)
+    except (MetadataError, OSError):
+        return False
+    return entry is not None and version in on_disk and version not in entry.served_versions(on_disk)
 
 
 def _format(tensors: dict[str, tuple[str, list[int]]]) -> str:

@@ -5,8 +5,12 @@ contract), compiled and warmed up off the event loop, then published by replacin
 mapping, so every request resolves a consistent set of versions. A request keeps the
 :class:`LoadedModel` it resolved until it finishes: in-flight requests complete on the version they
 started on even after a swap. An invalid version is logged, counted and skipped while the versions
-already loaded keep serving; it is retried only if its files change (so a folder still being
-written is rejected until it is complete, then loaded). When the repository cannot be read (deleted,
+already loaded keep serving; it is retried only if its files (or the repository's ``config.json``)
+change, so a folder still being written is rejected until it is complete, then loaded. With a model
+server, only the versions it serves by its version policy are offered (``served_versions``); one it has
+not loaded yet is not rejected but tried again with back-off until it is ready, while the versions
+already loaded keep serving; one its policy retires is no longer offered, and calls naming it get
+NOT_FOUND saying so. When the repository cannot be read (deleted,
 renamed away, replaced by a file, unmounted) the loaded versions keep serving, the state is reported
 through ``on_repository`` and scanning resumes by itself once it is readable again.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,7 @@ from visinspect_api.model_repository import (
     IR_BIN_FILENAME,
     IR_XML_FILENAME,
     METADATA_FILENAME,
+    OVMS_CONFIG_FILENAME,
     MetadataError,
     ModelMetadata,
     file_sha256,
@@ -31,7 +37,7 @@ from visinspect_api.model_repository import (
     list_versions,
     read_metadata,
 )
-from visinspect_server.backend import InferenceBackend, ModelLoadError
+from visinspect_server.backend import InferenceBackend, ModelLoadError, ModelNotReadyError, ServedVersions
 from visinspect_server.errors import InvalidInputError, NotFoundError, UnavailableError
 from visinspect_server.postprocess import Calibration
 
@@ -39,6 +45,16 @@ log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[Path, ModelMetadata], InferenceBackend]
 Loaded = Mapping[str, Mapping[int, "LoadedModel"]]
+# (repository, versions on disk by model) -> what a model server serves of them, by model
+ModelServerView = Callable[[Path, Mapping[str, list[int]]], Mapping[str, ServedVersions]]
+RETRY_FIRST_S = 1.0  # a version the model server has not loaded yet: first retry, doubled up to RETRY_MAX_S
+RETRY_MAX_S = 30.0
+
+
+@dataclass
+class _Retry:
+    attempts: int
+    due: float  # time.monotonic() of the next attempt
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +81,7 @@ class ModelRegistry:
         on_change: Callable[[Loaded], Awaitable[None]] | None = None,
         on_rejected: Callable[[str], None] | None = None,
         on_repository: Callable[[bool], Awaitable[None]] | None = None,
+        served_versions: ModelServerView | None = None,
     ) -> None:
         self._repository = repository
         self._factory = backend_factory
@@ -73,9 +90,14 @@ class ModelRegistry:
         self._on_change = on_change
         self._on_rejected = on_rejected
         self._on_repository = on_repository
+        self._served_versions = served_versions
         self._readable: bool | None = None  # unknown until the first scan
         self._loaded: Loaded = MappingProxyType({})
         self._rejected: dict[tuple[str, int], tuple] = {}
+        self._waiting: dict[tuple[str, int], _Retry] = {}
+        self._retired: Mapping[str, frozenset[int]] = {}
+        self._configs: dict[str, object] = {}
+        self._recheck: set[str] = set()  # the model server's configuration of each model, as last seen
         self._refresh_lock = asyncio.Lock()
 
     @property
@@ -104,6 +126,11 @@ class ModelRegistry:
             return versions[max(versions)]
         model = versions.get(version)
         if model is None:
+            if version in self._retired.get(name, ()):
+                raise NotFoundError(
+                    f"model {name!r} version {version} was retired by the model server's version policy; "
+                    f"loaded: {sorted(versions)}"
+                )
             raise NotFoundError(f"model {name!r} has no loaded version {version}; loaded: {sorted(versions)}")
         return model
 
@@ -122,24 +149,59 @@ class ModelRegistry:
             if self._readable is False:
                 log.info("model repository %s is readable again", self._repository)
             await self._set_readable(True)
+            wanted = self._served(wanted)
             current = self._loaded
-            updated: dict[str, dict[int, LoadedModel]] = {}
-            for name, versions in wanted.items():
-                kept = dict(current.get(name, {}))
-                for version in versions:
-                    if version not in kept:
-                        model = await self._load(name, version)
-                        if model is not None:
-                            kept[version] = model
-                newest = sorted((v for v in kept if v in versions), reverse=True)[: self._keep]
-                if newest:
-                    updated[name] = {v: kept[v] for v in sorted(newest)}
-            frozen = MappingProxyType({name: MappingProxyType(v) for name, v in updated.items()})
+            updated = {
+                name: await self._servable(name, versions, current.get(name, {})) for name, versions in wanted.items()
+            }
+            frozen = MappingProxyType({name: MappingProxyType(v) for name, v in updated.items() if v})
             if _summary(frozen) != _summary(current):
                 self._loaded = frozen
                 log.info("serving %s", _summary(frozen) or "no models")
                 if self._on_change is not None:
                     await self._on_change(frozen)
+
+    def _served(self, on_disk: dict[str, list[int]]) -> dict[str, list[int]]:
+        """The versions worth loading, newest first: those the model server serves, when there is one. The
+        loaded versions of a model whose configuration changed are checked again (the model server reloads them)."""
+        if self._served_versions is None:
+            return on_disk
+        served = self._served_versions(self._repository, on_disk)
+        retired = {
+            name: frozenset(v) - frozenset(served[name].versions if name in served else ())
+            for name, v in on_disk.items()
+        }
+        for name, versions in self._loaded.items():
+            for version in sorted(set(versions) & retired.get(name, frozenset())):
+                log.info("%s version %d retired by the model server's version policy: no longer offered", name, version)
+        self._retired = retired
+        configs = {name: s.config for name, s in served.items()}
+        self._recheck = {
+            name for name in self._loaded if name in configs and configs[name] != self._configs.get(name, configs[name])
+        }
+        for name in sorted(self._recheck):
+            log.info("the model server's configuration of %s changed: checking its versions again", name)
+        self._configs = configs
+        wanted = {name: sorted(s.versions, reverse=True) for name, s in served.items()}
+        self._waiting = {key: r for key, r in self._waiting.items() if key[1] in wanted.get(key[0], ())}
+        return wanted
+
+    async def _servable(
+        self, name: str, versions: list[int], current: Mapping[int, LoadedModel]
+    ) -> dict[int, LoadedModel]:
+        """The newest ``versions_per_model`` servable versions: loaded ones kept, missing ones loaded, newest first."""
+        kept = {} if name in self._recheck else {v: model for v, model in current.items() if v in versions}
+        servable = 0
+        for version in versions:
+            if servable >= self._keep:
+                break
+            if version not in kept:
+                model = await self._load(name, version)
+                if model is None:
+                    continue
+                kept[version] = model
+            servable += 1
+        return {v: kept[v] for v in sorted(sorted(kept, reverse=True)[: self._keep])}
 
     async def run(self, interval_s: float) -> None:
         """Refresh forever, every ``interval_s`` seconds; a failed scan is logged and the next one runs."""
@@ -165,19 +227,32 @@ class ModelRegistry:
         return {name: list_versions(self._repository / name)[::-1] for name in names}
 
     async def _load(self, name: str, version: int) -> LoadedModel | None:
+        key = (name, version)
+        retry = self._waiting.get(key)
+        if retry is not None and time.monotonic() < retry.due:
+            return None
         folder = self._repository / name / str(version)
         signature = _signature(folder)
-        if self._rejected.get((name, version)) == signature:
+        if self._rejected.get(key) == signature:
             return None
         try:
             model = await asyncio.to_thread(self._build, name, version, folder)
+        except ModelNotReadyError as exc:
+            attempts = 1 if retry is None else retry.attempts + 1
+            delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (attempts - 1))
+            self._waiting[key] = _Retry(attempts, time.monotonic() + delay)
+            if retry is None:
+                log.info("waiting for %s version %d: %s; trying again with back-off", name, version, exc)
+            return None
         except (MetadataError, ModelLoadError, OSError) as exc:
-            self._rejected[(name, version)] = signature
+            self._waiting.pop(key, None)
+            self._rejected[key] = signature
             log.error("rejected %s version %d: %s", name, version, exc)
             if self._on_rejected is not None:
                 self._on_rejected(name)
             return None
-        self._rejected.pop((name, version), None)
+        self._rejected.pop(key, None)
+        self._waiting.pop(key, None)
         log.info("loaded %s version %d", name, version)
         return model
 
@@ -209,11 +284,16 @@ def _summary(loaded: Loaded) -> dict[str, list[int]]:
 
 
 def _signature(folder: Path) -> tuple:
-    """What identifies a version folder's content cheaply: sizes and mtimes of its files."""
+    """What identifies a version folder's content cheaply: sizes and mtimes of its files and of the
+    repository's config.json (which sets the precision a model server compiles it at)."""
     entries = []
-    for filename in (IR_XML_FILENAME, IR_BIN_FILENAME, METADATA_FILENAME):
+    for path in (
+        *(folder / name for name in (IR_XML_FILENAME, IR_BIN_FILENAME, METADATA_FILENAME)),
+        folder.parent.parent / OVMS_CONFIG_FILENAME,
+    ):
+        filename = path.name
         try:
-            stat = (folder / filename).stat()
+            stat = path.stat()
             entries.append((filename, stat.st_size, stat.st_mtime_ns))
         except OSError:
             entries.append((filename, None, None))
