@@ -116,3 +116,14 @@ def test_training_runs_as_the_invoking_user_in_the_checkout() -> None:
     assert environment["HOME"].startswith("/work/.cache/")
     assert environment["VISINSPECT_CACHE_DIR"].startswith("/work/.cache/")
     assert ".cache/" in (REPO_ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_export_warns_when_its_openvino_is_not_the_ovms_release(monkeypatch, caplog) -> None:
+    from visinspect_training import export
+
+    export._warn_unless_ovms_release()
+    assert not caplog.records  # the pinned release: silent
+    monkeypatch.setattr(export.importlib.metadata, "version", lambda _name: "2099.1.0")
+    with caplog.at_level("WARNING", logger=export.__name__):
+        export._warn_unless_ovms_release()
+    assert f"exporting with OpenVINO 2099.1.0, but {OVMS_IMAGE} is built on {OPENVINO_RELEASE}" in caplog.text

@@ -11,6 +11,8 @@ from pathlib import Path
 from visinspect_api.model_repository import (
     IR_BIN_FILENAME,
     IR_XML_FILENAME,
+    OPENVINO_RELEASE,
+    OVMS_IMAGE,
     Backbone,
     DatasetInfo,
     Evaluation,
@@ -87,6 +89,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
     options = options or ExportOptions()
     config = run.config
     check_model_precision(repository, config.model_name, options.inference_precision)
+    _warn_unless_ovms_release()
     with staging_folder(repository, config.model_name) as staged:
         family = config.family
         model, input_contract, outputs = ir.convert(family.serving_graph(run.model, config), config.image_size)
@@ -156,6 +159,16 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
         metadata=metadata,
         predictions=predictions,
     )
+
+
+def _warn_unless_ovms_release() -> None:
+    installed = importlib.metadata.version("openvino")
+    if installed != OPENVINO_RELEASE:
+        log.warning(
+            "exporting with OpenVINO %s, but %s is built on %s: an IR written by a newer OpenVINO may use opsets "
+            "that OVMS cannot read (the embedded server reads it); install openvino==%s for OVMS",
+            installed, OVMS_IMAGE, OPENVINO_RELEASE, OPENVINO_RELEASE,
+        )  # fmt: skip
 
 
 def _software_versions() -> dict[str, str]:
