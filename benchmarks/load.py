@@ -138,32 +138,65 @@ def facade_call(stub: pb_grpc.InspectionServiceStub, requests: Sequence[pb.Detec
 
 
 @dataclass
-class _Client:
-    """One closed-loop client: Detect back to back from image ``offset`` on; completion times and latencies."""
+class ClosedLoopClient:
+    """One closed-loop client: ``call(i)`` back to back from ``i = offset`` on; completion times and latencies.
 
-    stub: pb_grpc.InspectionServiceStub
+    ``failures`` are the exceptions a failed call raises (counted, the loop goes on); a ``ValueError`` means the
+    channel was closed under it: the run is being interrupted.
+    """
+
+    call: Callable[[int], object]
     offset: int
+    failures: tuple[type[Exception], ...] = (grpc.RpcError,)
     finished: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
     errors: int = 0
     first_error: str = ""
 
-    def run(self, requests: Sequence[pb.DetectRequest], stop_at: float, abort: threading.Event) -> None:
+    def run(self, stop_at: float, abort: threading.Event) -> None:
         for i in itertools.count(self.offset):
             if time.perf_counter() >= stop_at or self.errors > 10 or abort.is_set():
                 return
             started = time.perf_counter()
             try:
-                self.stub.Detect(requests[i % len(requests)], timeout=RPC_TIMEOUT_S)
-            except ValueError:  # the channel was closed under us: the run is being interrupted
+                self.call(i)
+            except ValueError:
                 return
-            except grpc.RpcError as exc:
+            except self.failures as exc:
                 self.errors += 1
-                self.first_error = self.first_error or f"{exc.code()}: {exc.details()}"  # type: ignore[attr-defined]
+                self.first_error = self.first_error or _describe(exc)
                 continue
             done = time.perf_counter()
             self.finished.append(done)
             self.latency_ms.append((done - started) * 1e3)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.RpcError):
+        return f"{exc.code()}: {exc.details()}"  # type: ignore[attr-defined]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def windowed(runners: Sequence[ClosedLoopClient], edges: Sequence[float]) -> dict[str, Any]:
+    """What the runners completed inside the windows ``edges`` bound: the median images/s over the windows,
+    their images/s, the latencies of the calls completed inside any window, and the errors."""
+    window_s = edges[1] - edges[0]
+    finished = [t for r in runners for t in r.finished]
+    per_window = [sum(lo <= t < hi for t in finished) / window_s for lo, hi in itertools.pairwise(edges)]
+    inside = [
+        lat for r in runners for t, lat in zip(r.finished, r.latency_ms, strict=True) if edges[0] <= t < edges[-1]
+    ]
+    errors = sum(r.errors for r in runners)
+    first_error = next((r.first_error for r in runners if r.first_error), "")
+    if not inside:
+        raise RuntimeError(f"no request completed in the windows; errors: {errors} ({first_error})")
+    return {
+        "images_per_s": float(np.median(per_window)),
+        "images_per_s_windows": per_window,
+        "inside": inside,
+        "errors": errors,
+        "first_error": first_error,
+    }
 
 
 def closed_loop(
@@ -187,17 +220,17 @@ def closed_loop(
     channels = [grpc.insecure_channel(address, options=own) for _ in range(clients)]
     abort = threading.Event()
     threads: list[threading.Thread] = []
-    runners: list[_Client] = []
+    runners: list[ClosedLoopClient] = []
     try:
         for channel in channels:
             grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT_S)
         runners = [
-            _Client(pb_grpc.InspectionServiceStub(channel), k * len(requests) // clients)
+            ClosedLoopClient(_detect(pb_grpc.InspectionServiceStub(channel), requests), k * len(requests) // clients)
             for k, channel in enumerate(channels)
         ]
         started = time.perf_counter()
         edges = [started + warmup_s + k * window_s for k in range(windows + 1)]
-        threads = [threading.Thread(target=r.run, args=(requests, edges[-1], abort), daemon=True) for r in runners]
+        threads = [threading.Thread(target=r.run, args=(edges[-1], abort), daemon=True) for r in runners]
         for thread in threads:
             thread.start()
         time.sleep(max(0.0, edges[0] - time.perf_counter()))
@@ -214,21 +247,15 @@ def closed_loop(
             channel.close()
         for thread in threads:
             thread.join(5)
-    finished = [t for r in runners for t in r.finished]
-    per_window = [sum(lo <= t < hi for t in finished) / window_s for lo, hi in itertools.pairwise(edges)]
-    inside = [
-        lat for r in runners for t, lat in zip(r.finished, r.latency_ms, strict=True) if edges[0] <= t < edges[-1]
-    ]
-    errors = sum(r.errors for r in runners)
-    if not inside:
-        raise RuntimeError(f"no request completed in the windows; errors: {errors} ({runners[0].first_error})")
+    counted = windowed(runners, edges)
+    inside = counted["inside"]
     result: dict[str, Any] = {
         "clients": clients,
-        "images_per_s": float(np.median(per_window)),
-        "images_per_s_windows": per_window,
+        "images_per_s": counted["images_per_s"],
+        "images_per_s_windows": counted["images_per_s_windows"],
         "completed": len(inside),
-        "errors": errors,
-        "first_error": next((r.first_error for r in runners if r.first_error), ""),
+        "errors": counted["errors"],
+        "first_error": counted["first_error"],
         "latency": summary(inside),
         "server_cpu_ms_per_image": (cpu_end[0] - cpu_start[0]) * 1e3 / len(inside),
         "server_memory_mb": memory,
@@ -237,3 +264,7 @@ def closed_loop(
         result["model_server_cpu_ms_per_image"] = (cpu_end[1] - cpu_start[1]) * 1e3 / len(inside)
         result["model_server_memory_mb"] = backend_memory
     return result
+
+
+def _detect(stub: pb_grpc.InspectionServiceStub, requests: Sequence[pb.DetectRequest]) -> Callable[[int], object]:
+    return lambda i: stub.Detect(requests[i % len(requests)], timeout=RPC_TIMEOUT_S)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import logging
 import math
@@ -37,8 +36,8 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import report
 from benchmarks.anchors import machine_info, training_side
-from benchmarks.load import Inputs, summary
+from benchmarks.load import ClosedLoopClient, Inputs, summary, windowed
 from benchmarks.processes import REPO_ROOT, CpuMeter, Server, memory_mb, process_cpu_s, running_server, running_standin
 from visinspect_api.model_repository import read_metadata
 from visinspect_client import InspectionClient
@@ -215,35 +214,6 @@ def ci_running() -> bool:
 
 
 @dataclass
-class _Client:
-    """One closed-loop client through the SDK: detect back to back from image ``offset`` on."""
-
-    client: InspectionClient
-    offset: int
-    finished: list[float] = field(default_factory=list)
-    latency_ms: list[float] = field(default_factory=list)
-    errors: int = 0
-    first_error: str = ""
-
-    def run(self, images: Sequence[Any], stop_at: float, abort: threading.Event) -> None:
-        for i in itertools.count(self.offset):
-            if time.perf_counter() >= stop_at or self.errors > 10 or abort.is_set():
-                return
-            started = time.perf_counter()
-            try:
-                self.client.detect(images[i % len(images)], model=CATEGORY, timeout=RPC_TIMEOUT_S)
-            except VisInspectError as exc:
-                self.errors += 1
-                self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
-                continue
-            except ValueError:  # the channel was closed under us: the run is being interrupted
-                return
-            done = time.perf_counter()
-            self.finished.append(done)
-            self.latency_ms.append((done - started) * 1e3)
-
-
-@dataclass
 class Stack:
     """The running processes: the model server and two facades, with their pids and metrics ports."""
 
@@ -259,20 +229,27 @@ def snapshot(stack: Stack) -> dict[str, Any]:
     return {"cpu_s": cpu, "metrics": {name: scrape(stack.ports[name]) for name in FACADES}}
 
 
+def _detect(client: InspectionClient, images: Sequence[Any]) -> Callable[[int], object]:
+    return lambda i: client.detect(images[i % len(images)], model=CATEGORY, timeout=RPC_TIMEOUT_S)
+
+
 def run_point(
     args: argparse.Namespace, stack: Stack, images: Sequence[Any], facades: int
 ) -> tuple[dict[str, Any], list[float]]:
     """``args.clients`` SDK clients against facade A alone (``facades`` 1) or A and B; the point and its latencies."""
     target: str | list[str] = stack.addresses["facade_a"] if facades == 1 else [stack.addresses[n] for n in FACADES]
     clients = [InspectionClient(target, timeout=RPC_TIMEOUT_S) for _ in range(args.clients)]
-    runners = [_Client(client, k * len(images) // len(clients)) for k, client in enumerate(clients)]
+    runners = [
+        ClosedLoopClient(_detect(client, images), k * len(images) // len(clients), failures=(VisInspectError,))
+        for k, client in enumerate(clients)
+    ]
     abort = threading.Event()
     threads: list[threading.Thread] = []
     ci = [ci_running()]
     try:
         started = time.perf_counter()
         edges = [started + args.warmup_s + k * args.window_s for k in range(args.windows + 1)]
-        threads = [threading.Thread(target=r.run, args=(images, edges[-1], abort), daemon=True) for r in runners]
+        threads = [threading.Thread(target=r.run, args=(edges[-1], abort), daemon=True) for r in runners]
         for thread in threads:
             thread.start()
         time.sleep(max(0.0, edges[0] - time.perf_counter()))
@@ -289,12 +266,8 @@ def run_point(
             client.close()
         for thread in threads:
             thread.join(5)
-    finished = [t for r in runners for t in r.finished]
-    per_window = [sum(lo <= t < hi for t in finished) / args.window_s for lo, hi in itertools.pairwise(edges)]
-    inside = [ms for r in runners for t, ms in zip(r.finished, r.latency_ms, strict=True) if edges[0] <= t < edges[-1]]
-    errors = sum(r.errors for r in runners)
-    if not inside:
-        raise RuntimeError(f"no call completed in the windows; errors: {errors} ({runners[0].first_error})")
+    counted = windowed(runners, edges)
+    inside = counted["inside"]
     cpu_s = {name: after["cpu_s"][name] - before["cpu_s"][name] for name in PROCESSES}
     delta = {
         name: {key: after["metrics"][name][key] - before["metrics"][name][key] for key in after["metrics"][name]}
@@ -303,11 +276,11 @@ def run_point(
     point = {
         "facades": facades,
         "clients": args.clients,
-        "images_per_s": float(np.median(per_window)),
-        "images_per_s_windows": per_window,
+        "images_per_s": counted["images_per_s"],
+        "images_per_s_windows": counted["images_per_s_windows"],
         "completed": len(inside),
-        "errors": errors,
-        "first_error": next((r.first_error for r in runners if r.first_error), ""),
+        "errors": counted["errors"],
+        "first_error": counted["first_error"],
         "latency": summary(inside),
         "calls_by_facade": {name: delta[name]["detect_calls"] for name in FACADES},
         "mean_batch_by_facade": {

@@ -76,6 +76,15 @@ def served_by_policy(repository: Path, on_disk: Mapping[str, list[int]]) -> dict
     }
 
 
+async def serving_1_and_2(registry: ModelRegistry, server: ModelServer, repository: Path) -> None:
+    """Versions 1 and 2 published, loaded by the model server and offered by the registry."""
+    publish(repository, 1)
+    publish(repository, 2)
+    server.ready |= {1, 2}
+    await registry.refresh()
+    assert sorted(registry.loaded["brick"]) == [1, 2]
+
+
 @pytest.fixture
 def no_backoff(monkeypatch) -> None:
     monkeypatch.setattr(registry_module, "RETRY_FIRST_S", 0.0)
@@ -86,11 +95,7 @@ def test_serves_n_until_the_model_server_has_n_plus_1_then_retires_n_minus_1(tmp
     registry = ModelRegistry(tmp_path, server.factory, served_versions=served_by_policy)
 
     async def scenario() -> None:
-        publish(tmp_path, 1)
-        publish(tmp_path, 2)
-        server.ready |= {1, 2}
-        await registry.refresh()
-        assert sorted(registry.loaded["brick"]) == [1, 2]
+        await serving_1_and_2(registry, server, tmp_path)
         publish(tmp_path, 3)  # on disk before the model server has loaded it
         for _ in range(3):
             await registry.refresh()
@@ -159,10 +164,7 @@ def test_a_changed_model_server_configuration_checks_the_loaded_versions_again(t
     registry = ModelRegistry(tmp_path, server.factory, served_versions=served_by_policy)
 
     async def scenario() -> None:
-        publish(tmp_path, 1)
-        publish(tmp_path, 2)
-        server.ready |= {1, 2}
-        await registry.refresh()
+        await serving_1_and_2(registry, server, tmp_path)
         await registry.refresh()
         assert server.attempts == {1: 1, 2: 1}  # loaded once, not re-checked while nothing changes
         write_config(tmp_path, precision="bf16")

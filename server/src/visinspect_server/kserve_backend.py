@@ -38,7 +38,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from visinspect_api.model_repository import MetadataError, ModelMetadata, list_versions
-from visinspect_api.ovms_config import ModelServingConfig, read_ovms_config
+from visinspect_api.ovms_config import read_ovms_config
 from visinspect_server.backend import ModelLoadError, ModelNotReadyError, RawOutput, ServedVersions
 from visinspect_server.errors import InspectionError, NotFoundError, ResourceExhaustedError, UnavailableError
 
@@ -181,8 +181,8 @@ class KServeBackend:
     def _check_compiled_precision(self, evaluated_at: str) -> None:
         """The model server must compile the version at the precision its calibration was measured at."""
         try:
-            config = _serving_config(self._repository)
-        except ModelLoadError as exc:
+            config = read_ovms_config(self._repository)
+        except MetadataError as exc:
             raise ModelLoadError(f"{self._where}: {exc}") from exc
         entry = None if config is None else config.get(self._name)
         if entry is None:
@@ -295,13 +295,6 @@ class KServeBackend:
 
     def close(self) -> None:
         """Nothing per version: the channel is shared and closed by its :class:`KServeConnection`."""
-
-
-def _serving_config(repository: Path) -> dict[str, ModelServingConfig] | None:
-    try:
-        return read_ovms_config(repository)
-    except MetadataError as exc:
-        raise ModelLoadError(str(exc)) from exc
 
 
 def _retired(repository: Path, name: str, version: int) -> bool:
