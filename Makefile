@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 KVENV  := .venv-kserve
 KSTAMP := $(KVENV)/.installed
 
-.PHONY: install demo test lint browser bench clean
+.PHONY: install demo test test-fast lint browser bench clean
 
 install: $(STAMP) $(KSTAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): proto/pyproject.toml training/pyproject.toml server/pyproject.toml cli
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 \
-		-e proto -e training -e server -e 'client[cli]' -r requirements-dev.txt
+		-e proto -e training -e 'server[kserve]' -e 'client[cli]' -r requirements-dev.txt
 	$(BIN)/visinspect-train fetch-weights
 	touch $@
 
@@ -34,9 +34,11 @@ $(KSTAMP):
 demo: install
 	$(BIN)/python scripts/demo.py
 
+# mypy: strict over the contracts, the server and the client, mypy's default level over training (pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy proto/src server/src client/src training
 
 # Headless Chromium for the report's browser test (tests/integration/test_report_browser.py): installed with
 # apt-get when it is missing and we run as root; otherwise, or if that fails, the test skips (fails with CI=true).
@@ -54,6 +56,11 @@ browser:
 
 test: lint browser
 	$(BIN)/pytest
+
+# The fast tier alone (under a minute, no model trained): unit tests, and the real server over the deterministic
+# in-process backend of tests/fake_backend.py (tests/unit/test_server_fast.py). `make test` runs it too.
+test-fast: install
+	$(BIN)/pytest tests/unit
 
 # The performance suite (about 12 min; not part of the tests): docs/benchmarks/suite.md.
 bench: install

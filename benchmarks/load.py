@@ -1,12 +1,14 @@
-"""Inputs, the in-process floor, interleaved latency loops and closed-loop load against a facade."""
+"""Inputs, the in-process floor, interleaved latency loops and closed-loop load against a facade.
+
+The closed-loop clients, their windows and the latency summary are the tests' load generator (tests/load_harness.py);
+``summary`` is its ``latency_summary`` under the name the benchmarks use.
+"""
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +18,17 @@ import numpy as np
 import openvino as ov
 
 from benchmarks.processes import memory_mb, process_cpu_s
+from tests.load_harness import ClosedLoop, ClosedLoopClient
+from tests.load_harness import latency_summary as summary
 from visinspect_api.model_repository import IR_XML_FILENAME, ModelMetadata
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_api.v1 import inspection_pb2_grpc as pb_grpc
 
+__all__ = ["INPUT_KINDS", "InProcess", "Inputs", "closed_loop", "facade_call", "interleaved", "summary"]
+
 INPUT_KINDS = ("png", "jpeg", "raw")
 JPEG_QUALITY = 90
 RPC_TIMEOUT_S = 60.0
-
-
-def summary(samples_ms: Sequence[float]) -> dict[str, float]:
-    """Median, p99 (linear interpolation), mean, min, max and count of millisecond samples."""
-    values = np.asarray(samples_ms, dtype=np.float64)
-    return {
-        "p50_ms": float(np.median(values)),
-        "p99_ms": float(np.percentile(values, 99)),
-        "mean_ms": float(values.mean()),
-        "min_ms": float(values.min()),
-        "max_ms": float(values.max()),
-        "n": len(values),
-    }
 
 
 @dataclass(frozen=True)
@@ -137,68 +130,6 @@ def facade_call(stub: pb_grpc.InspectionServiceStub, requests: Sequence[pb.Detec
     return call
 
 
-@dataclass
-class ClosedLoopClient:
-    """One closed-loop client: ``call(i)`` back to back from ``i = offset`` on; completion times and latencies.
-
-    ``failures`` are the exceptions a failed call raises (counted, the loop goes on); a ``ValueError`` means the
-    channel was closed under it: the run is being interrupted.
-    """
-
-    call: Callable[[int], object]
-    offset: int
-    failures: tuple[type[Exception], ...] = (grpc.RpcError,)
-    finished: list[float] = field(default_factory=list)
-    latency_ms: list[float] = field(default_factory=list)
-    errors: int = 0
-    first_error: str = ""
-
-    def run(self, stop_at: float, abort: threading.Event) -> None:
-        for i in itertools.count(self.offset):
-            if time.perf_counter() >= stop_at or self.errors > 10 or abort.is_set():
-                return
-            started = time.perf_counter()
-            try:
-                self.call(i)
-            except ValueError:
-                return
-            except self.failures as exc:
-                self.errors += 1
-                self.first_error = self.first_error or _describe(exc)
-                continue
-            done = time.perf_counter()
-            self.finished.append(done)
-            self.latency_ms.append((done - started) * 1e3)
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, grpc.RpcError):
-        return f"{exc.code()}: {exc.details()}"  # type: ignore[attr-defined]
-    return f"{type(exc).__name__}: {exc}"
-
-
-def windowed(runners: Sequence[ClosedLoopClient], edges: Sequence[float]) -> dict[str, Any]:
-    """What the runners completed inside the windows ``edges`` bound: the median images/s over the windows,
-    their images/s, the latencies of the calls completed inside any window, and the errors."""
-    window_s = edges[1] - edges[0]
-    finished = [t for r in runners for t in r.finished]
-    per_window = [sum(lo <= t < hi for t in finished) / window_s for lo, hi in itertools.pairwise(edges)]
-    inside = [
-        lat for r in runners for t, lat in zip(r.finished, r.latency_ms, strict=True) if edges[0] <= t < edges[-1]
-    ]
-    errors = sum(r.errors for r in runners)
-    first_error = next((r.first_error for r in runners if r.first_error), "")
-    if not inside:
-        raise RuntimeError(f"no request completed in the windows; errors: {errors} ({first_error})")
-    return {
-        "images_per_s": float(np.median(per_window)),
-        "images_per_s_windows": per_window,
-        "inside": inside,
-        "errors": errors,
-        "first_error": first_error,
-    }
-
-
 def closed_loop(
     address: str,
     requests: Sequence[pb.DetectRequest],
@@ -218,45 +149,32 @@ def closed_loop(
     """
     own = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", 64 << 20)]
     channels = [grpc.insecure_channel(address, options=own) for _ in range(clients)]
-    abort = threading.Event()
-    threads: list[threading.Thread] = []
-    runners: list[ClosedLoopClient] = []
+    loop = ClosedLoop(
+        [
+            ClosedLoopClient(_detect(pb_grpc.InspectionServiceStub(channel), requests), k * len(requests) // clients)
+            for k, channel in enumerate(channels)
+        ],
+        close=lambda: [channel.close() for channel in channels],
+    )
+
+    def cpu_s() -> tuple[float, float]:
+        return process_cpu_s(server_pid), process_cpu_s(backend_pid) if backend_pid else 0.0
+
+    def at_end() -> tuple[tuple[float, float], dict[str, float], dict[str, float]]:
+        return cpu_s(), memory_mb(server_pid), memory_mb(backend_pid) if backend_pid else {}
+
     try:
         for channel in channels:
             grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT_S)
-        runners = [
-            ClosedLoopClient(_detect(pb_grpc.InspectionServiceStub(channel), requests), k * len(requests) // clients)
-            for k, channel in enumerate(channels)
-        ]
-        started = time.perf_counter()
-        edges = [started + warmup_s + k * window_s for k in range(windows + 1)]
-        threads = [threading.Thread(target=r.run, args=(edges[-1], abort), daemon=True) for r in runners]
-        for thread in threads:
-            thread.start()
-        time.sleep(max(0.0, edges[0] - time.perf_counter()))
-        cpu_start = process_cpu_s(server_pid), process_cpu_s(backend_pid) if backend_pid else 0.0
-        time.sleep(max(0.0, edges[-1] - time.perf_counter()))
-        cpu_end = process_cpu_s(server_pid), process_cpu_s(backend_pid) if backend_pid else 0.0
-        memory = memory_mb(server_pid)
-        backend_memory = memory_mb(backend_pid) if backend_pid else {}
-        for thread in threads:
-            thread.join(RPC_TIMEOUT_S + 5)
+        edges, cpu_start, (cpu_end, memory, backend_memory) = loop.measure(
+            warmup_s, window_s, windows, at_start=cpu_s, at_end=at_end, join_timeout_s=RPC_TIMEOUT_S + 5
+        )
     finally:
-        abort.set()
-        for channel in channels:
-            channel.close()
-        for thread in threads:
-            thread.join(5)
-    counted = windowed(runners, edges)
-    inside = counted["inside"]
+        loop.stop(5)
+    counted, inside = loop.windowed(edges)
     result: dict[str, Any] = {
         "clients": clients,
-        "images_per_s": counted["images_per_s"],
-        "images_per_s_windows": counted["images_per_s_windows"],
-        "completed": len(inside),
-        "errors": counted["errors"],
-        "first_error": counted["first_error"],
-        "latency": summary(inside),
+        **counted,
         "server_cpu_ms_per_image": (cpu_end[0] - cpu_start[0]) * 1e3 / len(inside),
         "server_memory_mb": memory,
     }

@@ -27,13 +27,11 @@ import json
 import logging
 import math
 import os
-import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -47,8 +45,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import report
 from benchmarks.anchors import machine_info, training_side
-from benchmarks.load import ClosedLoopClient, Inputs, summary, windowed
-from benchmarks.processes import REPO_ROOT, CpuMeter, Server, memory_mb, process_cpu_s, running_server, running_standin
+from benchmarks.load import Inputs, summary
+from benchmarks.processes import REPO_ROOT, CpuMeter, memory_mb, process_cpu_s, running_server, running_standin
+from tests.load_harness import ClosedLoop, ClosedLoopClient
 from visinspect_api.model_repository import read_metadata
 from visinspect_client import InspectionClient
 from visinspect_client.errors import VisInspectError
@@ -177,15 +176,6 @@ def serving_repository(repository: Path, scratch: Path) -> Path:
 # ----------------------------------------------------------------------------------------------- measuring
 
 
-def metrics_port(server: Server) -> int:
-    """The Prometheus port a facade logged at start (``listening on port N; metrics on port M``)."""
-    for entry in server.logs:
-        found = re.search(r"metrics on port (\d+)", str(entry.get("message", "")))
-        if found:
-            return int(found.group(1))
-    raise RuntimeError(f"the server did not log its metrics port; last log lines: {list(server.logs)[-5:]}")
-
-
 def scrape(port: int) -> dict[str, float]:
     """Detect calls answered so far (every status code) and the micro-batch histogram's sum and count."""
     url = f"http://127.0.0.1:{port}/metrics"  # loopback, a port this process started a server on
@@ -239,35 +229,29 @@ def run_point(
     """``args.clients`` SDK clients against facade A alone (``facades`` 1) or A and B; the point and its latencies."""
     target: str | list[str] = stack.addresses["facade_a"] if facades == 1 else [stack.addresses[n] for n in FACADES]
     clients = [InspectionClient(target, timeout=RPC_TIMEOUT_S) for _ in range(args.clients)]
-    runners = [
-        ClosedLoopClient(_detect(client, images), k * len(images) // len(clients), failures=(VisInspectError,))
-        for k, client in enumerate(clients)
-    ]
-    abort = threading.Event()
-    threads: list[threading.Thread] = []
+    loop = ClosedLoop(
+        [
+            ClosedLoopClient(_detect(client, images), k * len(images) // len(clients), failures=(VisInspectError,))
+            for k, client in enumerate(clients)
+        ],
+        close=lambda: [client.close() for client in clients],
+    )
     ci = [ci_running()]
-    try:
-        started = time.perf_counter()
-        edges = [started + args.warmup_s + k * args.window_s for k in range(args.windows + 1)]
-        threads = [threading.Thread(target=r.run, args=(edges[-1], abort), daemon=True) for r in runners]
-        for thread in threads:
-            thread.start()
-        time.sleep(max(0.0, edges[0] - time.perf_counter()))
-        before = snapshot(stack)
-        time.sleep(max(0.0, edges[-1] - time.perf_counter()))
+
+    def at_end() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
         after = snapshot(stack)
         memory = {name: memory_mb(pid) for name, pid in stack.pids.items()}
         ci.append(ci_running())
-        for thread in threads:
-            thread.join(RPC_TIMEOUT_S + 5)
+        return after, memory
+
+    try:
+        edges, before, (after, memory) = loop.measure(
+            args.warmup_s, args.window_s, args.windows,
+            at_start=lambda: snapshot(stack), at_end=at_end, join_timeout_s=RPC_TIMEOUT_S + 5,
+        )  # fmt: skip
     finally:
-        abort.set()
-        for client in clients:
-            client.close()
-        for thread in threads:
-            thread.join(5)
-    counted = windowed(runners, edges)
-    inside = counted["inside"]
+        loop.stop(5)
+    counted, inside = loop.windowed(edges)
     cpu_s = {name: after["cpu_s"][name] - before["cpu_s"][name] for name in PROCESSES}
     delta = {
         name: {key: after["metrics"][name][key] - before["metrics"][name][key] for key in after["metrics"][name]}
@@ -276,12 +260,7 @@ def run_point(
     point = {
         "facades": facades,
         "clients": args.clients,
-        "images_per_s": counted["images_per_s"],
-        "images_per_s_windows": counted["images_per_s_windows"],
-        "completed": len(inside),
-        "errors": counted["errors"],
-        "first_error": counted["first_error"],
-        "latency": summary(inside),
+        **counted,
         "calls_by_facade": {name: delta[name]["detect_calls"] for name in FACADES},
         "mean_batch_by_facade": {
             name: delta[name]["batch_images_sum"] / delta[name]["batch_count"] if delta[name]["batch_count"] else None
@@ -338,8 +317,8 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
         }
         processes = Stack(
             addresses={name: server.address for name, server in servers.items()},
-            pids={name: server.process.pid for name, server in servers.items()} | {"model_server": standin.process.pid},
-            ports={name: metrics_port(server) for name, server in servers.items()},
+            pids={name: server.pid for name, server in servers.items()} | {"model_server": standin.pid},
+            ports={name: server.metrics_port for name, server in servers.items()},
         )
         results["memory_idle_mb"] = {name: memory_mb(pid) for name, pid in processes.pids.items()}
         results["ci_running_at_start"] = ci_running()

@@ -51,7 +51,7 @@ from benchmarks.load import INPUT_KINDS, InProcess, Inputs, closed_loop, facade_
 from benchmarks.processes import (
     KSERVE_PYTHON,
     CpuMeter,
-    Server,
+    LocalServer,
     StandIn,
     memory_mb,
     running_server,
@@ -163,7 +163,7 @@ def step(name: str, meter: CpuMeter) -> Iterator[None]:
 
 def load_point(
     args: argparse.Namespace,
-    server: Server,
+    server: LocalServer,
     requests: list[pb.DetectRequest],
     clients: int,
     behind: StandIn | None = None,
@@ -171,13 +171,13 @@ def load_point(
     """Closed-loop load on ``server`` with the suite's windows; ``behind``: the model server it calls."""
     return closed_loop(
         server.address, requests, clients, warmup_s=args.warmup_s, window_s=args.window_s, windows=args.windows,
-        server_pid=server.process.pid, backend_pid=behind.process.pid if behind is not None else None,
+        server_pid=server.pid, backend_pid=behind.pid if behind is not None else None,
     )  # fmt: skip
 
 
 def load_grid(
     args: argparse.Namespace,
-    server: Server,
+    server: LocalServer,
     inputs: Inputs,
     model: str,
     *,
@@ -285,7 +285,7 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
     latency: dict[str, Any] = {}
     throughput: dict[str, Any] = {}
     with running_server(repository, [CATEGORY], cache, meter) as server:
-        idle = memory_mb(server.process.pid)
+        idle = memory_mb(server.pid)
         with grpc.insecure_channel(server.address, options=GRPC_OPTIONS) as channel:
             stub = pb_grpc.InspectionServiceStub(channel)
             with step("one client: facade vs in-process", meter):
@@ -300,7 +300,7 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
                     )
                     latency[kind] = report.latency_entry(got, inputs, labels)
             with running_server(repository, [CATEGORY], cache, meter, ["--max-batch-size", "1"]) as unbatched:
-                idle_unbatched = memory_mb(unbatched.process.pid)
+                idle_unbatched = memory_mb(unbatched.pid)
                 with grpc.insecure_channel(unbatched.address) as other, step("one client: batched vs unbatched", meter):
                     requests = inputs.requests(CATEGORY, "png")
                     got = one_client(
@@ -320,7 +320,7 @@ def measure(args: argparse.Namespace, scratch: Path, meter: CpuMeter) -> dict[st
         results["memory"] = {
             "idle": idle,
             "idle_unbatched": idle_unbatched,
-            "after_load": memory_mb(server.process.pid),
+            "after_load": memory_mb(server.pid),
         }
         if args.kserve:
             with contextlib.ExitStack() as stack:
@@ -404,7 +404,7 @@ def patchcore_phases(
         grpc.insecure_channel(both.address, options=GRPC_OPTIONS) as channel,
         step("one client: PaDiM vs PatchCore facade, one server", meter),
     ):
-        out["memory"] = {"idle_both_models": memory_mb(both.process.pid)}
+        out["memory"] = {"idle_both_models": memory_mb(both.pid)}
         stub = pb_grpc.InspectionServiceStub(channel)
         out["latency"] = {}
         for kind in FAMILY_INPUT_KINDS:
@@ -419,12 +419,12 @@ def patchcore_phases(
                 name: report.latency_entry({"facade": calls}, inputs, labels) for name, calls in got.items()
             }
     with running_server(repository, [PATCHCORE_MODEL], cache, meter) as server:
-        out["memory"]["idle"] = memory_mb(server.process.pid)
+        out["memory"]["idle"] = memory_mb(server.pid)
         with step("closed-loop load, PatchCore", meter):
             out["throughput"] = load_grid(
                 args, server, inputs, PATCHCORE_MODEL, kinds=FAMILY_INPUT_KINDS, client_counts=FAMILY_CLIENT_COUNTS
             )
-        out["memory"]["after_load"] = memory_mb(server.process.pid)
+        out["memory"]["after_load"] = memory_mb(server.pid)
     return out
 
 

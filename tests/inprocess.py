@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from visinspect_api.model_repository import ModelMetadata
-from visinspect_server.app import InspectionServer, embedded_backend_factory
-from visinspect_server.backend import InferenceBackend, RawOutput
+from visinspect_server.app import InspectionServer
+from visinspect_server.backends.base import Backend, InferenceBackend, RawOutput
+from visinspect_server.backends.openvino import create
 from visinspect_server.settings import ServerSettings
 
 T = TypeVar("T")
@@ -57,7 +58,7 @@ class GatedBackend:
         self.backend = backend
         self.version = version
         self.gate = gate
-        self.jobs = getattr(backend, "jobs", 1)
+        self.jobs = backend.jobs
 
     async def infer(self, images: np.ndarray) -> RawOutput:
         await self.gate.wait(len(images))
@@ -73,13 +74,14 @@ class GatedBackend:
 
 class InProcessServer:
     """An :class:`InspectionServer` on a background event loop, its backends behind ``gate`` (and in ``wrap``, to
-    inject faults)."""
+    inject faults). ``backend`` is the real embedded OpenVINO backend unless given (the fast tier's fake)."""
 
     def __init__(
         self,
         repository: Path,
         gate: Gate | None = None,
         wrap: Callable[[GatedBackend], Any] | None = None,
+        backend: Backend | None = None,
         **settings: Any,
     ) -> None:
         values = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "poll_interval_s": 0.2, **settings}
@@ -87,13 +89,13 @@ class InProcessServer:
         self.gate = gate or Gate()
         self.loop = asyncio.new_event_loop()
         self.gate.bind(self.loop)
-        real = embedded_backend_factory(self.settings)
+        backend = create(self.settings) if backend is None else backend
 
         def factory(folder: Path, metadata: ModelMetadata) -> InferenceBackend:
-            gated = GatedBackend(real(folder, metadata), int(folder.name), self.gate)
+            gated = GatedBackend(backend.load(folder, metadata), int(folder.name), self.gate)
             return gated if wrap is None else wrap(gated)
 
-        self.server = InspectionServer(self.settings, factory)
+        self.server = InspectionServer(self.settings, factory, backend=backend)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._stopped = False
 

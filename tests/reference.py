@@ -11,7 +11,8 @@ import openvino as ov
 from visinspect_api.model_repository import IR_XML_FILENAME, read_metadata
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_server import imaging
-from visinspect_server.converters import detect_request
+from visinspect_server.grpc.converters import detect_request
+from visinspect_server.pipeline import EncodedImage, RawPixels
 
 MAX_PIXELS = 40_000_000
 
@@ -24,12 +25,11 @@ def reference_raw_scores(version_dir: Path, requests: Iterable[tuple[str, pb.Det
     scores: dict[str, float] = {}
     for name, request in requests:
         source, _ = detect_request(request)
-        if source.raw is not None:
-            raw = source.raw
-            image = imaging.raw_image(raw.data, raw.height, raw.width, raw.channels, raw.bgr, MAX_PIXELS)
+        if isinstance(source, RawPixels):
+            image = imaging.raw_image(source.data, source.height, source.width, source.channels, source.bgr, MAX_PIXELS)
         else:
-            assert source.encoded is not None, "encoded or raw inputs only"
-            image = imaging.decode_image(source.encoded, MAX_PIXELS)
+            assert isinstance(source, EncodedImage), "encoded or raw inputs only"
+            image = imaging.decode_image(source.data, MAX_PIXELS)
         batch = imaging.resize_to_model(image, metadata.input.height, metadata.input.width)[None]
         outputs = compiled(batch)
         scores[name] = float(outputs[compiled.output(metadata.outputs.pred_score)].reshape(-1)[0])

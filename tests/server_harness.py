@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
-import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
 
+from tests.kserve_standin.launch import StandIn
 from visinspect_api.model_repository import METADATA_FILENAME
+from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_api.v1 import inspection_pb2_grpc
-from visinspect_server.local import LocalServer
+from visinspect_server.local import LocalServer, free_port
+
+__all__ = ["ServerProcess", "copy_version", "free_port", "start_server"]
 
 
 class ServerProcess(LocalServer):
@@ -41,13 +43,10 @@ class ServerProcess(LocalServer):
         return self.metric("visinspect_requests_total", f'code="{code}",method="{method}"', missing=0.0)
 
     def wait_for_log(self, text: str, timeout_s: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for entry in list(self.logs):
-                if text in entry.get("message", ""):
-                    return entry
-            time.sleep(0.05)
-        raise TimeoutError(f"no log line containing {text!r}; last lines: {self.logs[-5:]}")
+        """The first log line whose message contains ``text``."""
+        what = f"log line containing {text!r}"
+        index = self.wait_for_line(lambda entry: text in str(entry.get("message", "")), timeout_s=timeout_s, what=what)
+        return self.logs[index]
 
 
 def start_server(
@@ -70,13 +69,6 @@ def start_server(
     return server
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on now (for a server that must keep its port across a restart)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def copy_version(source: Path, target: Path, shift_threshold: float = 0.0, **metadata_changes: object) -> Path:
     """Publish a copy of a version folder at ``target`` atomically (a hidden staging folder, one rename).
 
@@ -93,3 +85,35 @@ def copy_version(source: Path, target: Path, shift_threshold: float = 0.0, **met
         metadata_path.write_text(json.dumps(metadata))
     staging.rename(target)
     return target
+
+
+OVMS_TIMEOUT_S = 3.0  # the facade's deadline on calls to the stand-in (--ovms-timeout-s)
+
+
+def kserve_facade(
+    repository: Path, standin: StandIn, *args: str, timeout_s: float | None = OVMS_TIMEOUT_S
+) -> ServerProcess:
+    """A facade (``--backend kserve``) in front of ``standin``; ``timeout_s`` None keeps the default deadline."""
+    deadline = [] if timeout_s is None else ["--ovms-timeout-s", str(timeout_s)]
+    return start_server(repository, ["--backend", "kserve", "--ovms-address", standin.address, *deadline, *args])
+
+
+def stand_in_and_facade(exported) -> tuple[Path, StandIn, ServerProcess]:
+    """The session's repository, a stand-in serving it and a facade in front of the stand-in."""
+    repository = exported.version_dir.parents[1]
+    standin = StandIn(repository).start()
+    return repository, standin, kserve_facade(repository, standin)
+
+
+def first_image_request(synthetic_category: Path) -> pb.DetectRequest:
+    return pb.DetectRequest(image=pb.ImageInput(encoded=sample_images(synthetic_category)[0].read_bytes()))
+
+
+def detect(server: ServerProcess, request: pb.DetectRequest, timeout: float = 30) -> pb.DetectResponse:
+    with server.channel() as channel:
+        return server.stub(channel).Detect(request, timeout=timeout)
+
+
+def sample_images(synthetic_category: Path, per_folder: int = 2) -> list[Path]:
+    folders = sorted(p for p in (synthetic_category / "test").iterdir() if p.is_dir())
+    return [image for folder in folders for image in sorted(folder.glob("*.png"))[:per_folder]]

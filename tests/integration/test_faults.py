@@ -21,9 +21,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.kserve_standin.launch import KSERVE_PYTHON, KSERVE_VENV_MISSING, StandIn
 from tests.load_harness import Call, Load, expected_score, mixed_cases, sdk_channel, summary, wait_for
 from tests.reference import reference_raw_scores
-from tests.server_harness import ServerProcess, copy_version, start_server
+from tests.server_harness import OVMS_TIMEOUT_S, ServerProcess, copy_version, kserve_facade, start_server
 from visinspect_api.model_repository import (
     IR_BIN_FILENAME,
     IR_XML_FILENAME,
@@ -303,11 +304,11 @@ def test_repository_gone_keeps_serving_reports_it_and_recovers(
 
 
 def test_an_unexpected_failure_while_scanning_does_not_stop_the_poller(repository: Path, caplog) -> None:
-    from visinspect_server.app import embedded_backend_factory
+    from visinspect_server.backends.openvino import create
     from visinspect_server.registry import ModelRegistry
     from visinspect_server.settings import ServerSettings
 
-    real_factory = embedded_backend_factory(ServerSettings(model_repository=repository))
+    real_factory = create(ServerSettings(model_repository=repository)).load
     faults = [RuntimeError("simulated fault outside the rejection path")]
 
     def factory(folder: Path, metadata):
@@ -338,15 +339,12 @@ def test_an_unexpected_failure_while_scanning_does_not_stop_the_poller(repositor
 
 def test_model_server_killed_and_restarted_under_load(exported, synthetic_category) -> None:
     """The OVMS-backend fault (SIGKILL, restart on the same port) driven by this module's 8-client harness."""
-    # The stand-in lives with the KServe tests; importing them skips this test when its virtualenv is absent.
-    from tests.integration import test_kserve_backend as kserve
-
+    if not KSERVE_PYTHON.exists():
+        pytest.skip(KSERVE_VENV_MISSING)
     repository = exported.version_dir.parents[1]
-    standin = kserve.StandIn(repository).start()
-    timeout_s = kserve.OVMS_TIMEOUT_S
-    facade = start_server(
-        repository, ["--backend", "kserve", "--ovms-address", standin.address, "--ovms-timeout-s", str(timeout_s)]
-    )
+    standin = StandIn(repository).start()
+    timeout_s = OVMS_TIMEOUT_S
+    facade = kserve_facade(repository, standin, timeout_s=timeout_s)
     restarted = None
     load = Load(facade.address, mixed_cases(synthetic_category, errors=False), clients=8, error_pause_s=0.05).start()
     try:
@@ -359,7 +357,7 @@ def test_model_server_killed_and_restarted_under_load(exported, synthetic_catego
             lambda: sum(c.code != OK for c in load.calls) >= 8, 60, "8 failed calls while the model server is down"
         )
         restarted_at = time.monotonic()
-        restarted = kserve.StandIn(repository, port=standin.port).start()
+        restarted = StandIn(repository, port=standin.port).start()
         facade.wait_for_health(SERVING, timeout_s=60)
         serving_at = time.monotonic()
         wait_for(lambda: sum(c.started > serving_at and c.code == OK for c in load.calls) >= 40, 120, "40 calls after")

@@ -31,6 +31,13 @@ def test_server_installs_without_torch_or_anomalib(tmp_path: Path) -> None:
     names = resolved(["proto", "server"], tmp_path)
     assert {"visinspect-server", "openvino", "grpcio", "opencv-python-headless"} <= names
     assert names & HEAVY == set()
+    assert "tritonclient" not in names  # only --backend kserve needs it: the [kserve] extra
+
+
+def test_the_kserve_extra_adds_the_model_server_client(tmp_path: Path) -> None:
+    names = resolved(["proto", "server[kserve]"], tmp_path)
+    assert {"visinspect-server", "tritonclient"} <= names
+    assert names & HEAVY == set()
 
 
 def test_client_installs_without_torch_or_openvino(tmp_path: Path) -> None:

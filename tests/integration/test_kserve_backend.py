@@ -4,96 +4,37 @@ for OVMS, in its own process and virtualenv (kserve and tritonclient cannot shar
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from tests.conftest import REPO_ROOT
-from tests.server_harness import ServerProcess, copy_version, free_port, start_server
+from tests.kserve_standin.launch import KSERVE_PYTHON, KSERVE_VENV_MISSING, StandIn
+from tests.load_harness import wait_for
+from tests.server_harness import (
+    OVMS_TIMEOUT_S,
+    ServerProcess,
+    copy_version,
+    detect,
+    first_image_request,
+    free_port,
+    kserve_facade,
+    sample_images,
+    stand_in_and_facade,
+    start_server,
+)
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_server.settings import parse
 
-KSERVE_PYTHON = REPO_ROOT / ".venv-kserve" / "bin" / "python"
-STANDIN = REPO_ROOT / "tests" / "kserve_standin" / "serve.py"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-OVMS_TIMEOUT_S = 3.0
 
 if not KSERVE_PYTHON.exists():
-    pytest.skip(
-        f"the kserve virtualenv is absent ({KSERVE_PYTHON}); create it with: python3.11 -m venv .venv-kserve && "
-        ".venv-kserve/bin/pip install 'kserve==0.21.0' 'openvino==2026.4.1' numpy",
-        allow_module_level=True,
-    )
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} did not happen within {timeout_s} s")
-
-
-class StandIn:
-    """The kserve stand-in model server, serving ``repository`` on a loopback gRPC port."""
-
-    def __init__(self, repository: Path, port: int | None = None, flags: tuple[str, ...] = ()) -> None:
-        self.repository = repository
-        self.port = port or free_port()
-        self.flags = flags
-        self.process: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 120.0) -> StandIn:
-        command = [
-            str(KSERVE_PYTHON), str(STANDIN), "--repository", str(self.repository),
-            "--grpc-port", str(self.port), "--http-port", str(free_port()), *self.flags,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        ready = threading.Event()
-
-        def collect(stream) -> None:
-            for line in stream:
-                self.lines.append(line.rstrip())
-                if line.startswith("kserve stand-in ready on port"):
-                    ready.set()
-
-        threading.Thread(target=collect, args=(self.process.stdout,), daemon=True).start()
-        if not ready.wait(timeout_s):
-            self.kill()
-            raise RuntimeError(f"the stand-in did not start; last lines: {self.lines[-10:]}")
-        return self
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(30)
-
-
-def detect(server: ServerProcess, request: pb.DetectRequest, timeout: float = 30) -> pb.DetectResponse:
-    with server.channel() as channel:
-        return server.stub(channel).Detect(request, timeout=timeout)
-
-
-def sample_images(synthetic_category: Path, per_folder: int = 2) -> list[Path]:
-    folders = sorted(p for p in (synthetic_category / "test").iterdir() if p.is_dir())
-    return [image for folder in folders for image in sorted(folder.glob("*.png"))[:per_folder]]
+    pytest.skip(KSERVE_VENV_MISSING, allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +46,7 @@ def standin(exported) -> Iterator[StandIn]:
 
 @pytest.fixture(scope="module")
 def kserve_served(exported, standin) -> Iterator[ServerProcess]:
-    server = start_server(
-        exported.version_dir.parents[1],
-        ["--backend", "kserve", "--ovms-address", standin.address, "--ovms-timeout-s", str(OVMS_TIMEOUT_S)],
-    )
+    server = kserve_facade(exported.version_dir.parents[1], standin)
     yield server
     server.stop()
 
@@ -195,12 +133,8 @@ class Hammer:
 
 
 def test_model_server_restart_fails_fast_then_recovers(exported, synthetic_category) -> None:
-    repository = exported.version_dir.parents[1]
-    standin = StandIn(repository).start()
-    facade = start_server(
-        repository, ["--backend", "kserve", "--ovms-address", standin.address, "--ovms-timeout-s", str(OVMS_TIMEOUT_S)]
-    )
-    request = pb.DetectRequest(image=pb.ImageInput(encoded=sample_images(synthetic_category)[0].read_bytes()))
+    repository, standin, facade = stand_in_and_facade(exported)
+    request = first_image_request(synthetic_category)
     try:
         before = detect(facade, request).raw_score
         hammer = Hammer(facade, request)
@@ -235,12 +169,8 @@ def test_model_server_restart_fails_fast_then_recovers(exported, synthetic_categ
 
 
 def test_a_hung_model_server_costs_one_deadline_not_a_hang(exported, synthetic_category) -> None:
-    repository = exported.version_dir.parents[1]
-    standin = StandIn(repository).start()
-    facade = start_server(
-        repository, ["--backend", "kserve", "--ovms-address", standin.address, "--ovms-timeout-s", str(OVMS_TIMEOUT_S)]
-    )
-    request = pb.DetectRequest(image=pb.ImageInput(encoded=sample_images(synthetic_category)[0].read_bytes()))
+    _, standin, facade = stand_in_and_facade(exported)
+    request = first_image_request(synthetic_category)
     try:
         before = detect(facade, request).raw_score
         standin.signal(signal.SIGSTOP)  # connections stay open, nothing answers
@@ -262,12 +192,8 @@ def test_a_hung_model_server_costs_one_deadline_not_a_hang(exported, synthetic_c
 
 
 def test_a_model_server_that_lost_the_version_answers_unavailable(exported, synthetic_category, tmp_path) -> None:
-    repository = exported.version_dir.parents[1]
-    standin = StandIn(repository).start()
-    facade = start_server(
-        repository, ["--backend", "kserve", "--ovms-address", standin.address, "--ovms-timeout-s", str(OVMS_TIMEOUT_S)]
-    )
-    request = pb.DetectRequest(image=pb.ImageInput(encoded=sample_images(synthetic_category)[0].read_bytes()))
+    repository, standin, facade = stand_in_and_facade(exported)
+    request = first_image_request(synthetic_category)
     empty = tmp_path / "empty-repository"
     empty.mkdir()
     try:
@@ -303,8 +229,7 @@ def test_the_facade_waits_for_a_model_server_started_after_it(exported, syntheti
         standin.start()
         facade.wait_for_health(SERVING, timeout_s=30)
         assert facade.health("model/brick") == SERVING
-        request = pb.DetectRequest(image=pb.ImageInput(encoded=sample_images(synthetic_category)[0].read_bytes()))
-        assert detect(facade, request).model_version == 1
+        assert detect(facade, first_image_request(synthetic_category)).model_version == 1
         assert not [e for e in facade.logs if "rejected" in e.get("message", "")]  # nothing rejected while down
     finally:
         facade.stop()
@@ -351,10 +276,7 @@ def test_versions_the_model_server_cannot_serve_are_rejected(exported, synthetic
     copy_version(source, facade_repository / "brick" / "3", outputs=outputs)  # metadata/IR mismatch
     copy_version(source, facade_repository / "other" / "1", model_name="other")
     standin = StandIn(served_repository).start()
-    facade = start_server(
-        facade_repository,
-        ["--backend", "kserve", "--ovms-address", standin.address, "--versions-per-model", "3"],
-    )
+    facade = kserve_facade(facade_repository, standin, "--versions-per-model", "3", timeout_s=None)
     try:
         # Not loaded by the model server (yet): waited for with back-off, never rejected.
         missing_version = facade.wait_for_log("waiting for brick version 2")["message"]
@@ -388,7 +310,7 @@ def test_patchcore_through_the_model_server_matches_the_embedded_backend(
     repository = patchcore_exported.version_dir.parents[1]
     standin = StandIn(repository).start()
     try:
-        remote = start_server(repository, ["--backend", "kserve", "--ovms-address", standin.address])
+        remote = kserve_facade(repository, standin, timeout_s=None)
         try:
             for image in sample_images(synthetic_category):
                 request = pb.DetectRequest(

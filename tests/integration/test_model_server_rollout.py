@@ -10,14 +10,22 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
-from tests.integration.test_kserve_backend import NOT_SERVING, SERVING, StandIn, detect, sample_images, wait_for
-from tests.server_harness import copy_version, start_server
+from tests.kserve_standin.launch import KSERVE_PYTHON, KSERVE_VENV_MISSING, StandIn
+from tests.load_harness import wait_for
+from tests.server_harness import copy_version, detect, kserve_facade, sample_images
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_training.repository import write_ovms_config
 
 CLIENTS = 8
 LOAD_DELAY_S = 3.0  # the stand-in's load time: longer than the facade's poll, so the facade sees N+1 first
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+if not KSERVE_PYTHON.exists():
+    pytest.skip(KSERVE_VENV_MISSING, allow_module_level=True)
 
 
 class Clients:
@@ -62,7 +70,7 @@ def test_a_version_published_under_load_is_served_once_the_model_server_has_load
         copy_version(exported.version_dir, repository / "brick" / str(version))
     write_ovms_config(repository)  # latest 2, as every export writes it
     standin = StandIn(repository, flags=("--poll-seconds", "0.5", "--load-delay-seconds", str(LOAD_DELAY_S))).start()
-    facade = start_server(repository, ["--backend", "kserve", "--ovms-address", standin.address])
+    facade = kserve_facade(repository, standin, timeout_s=None)
     request = pb.DetectRequest(image=pb.ImageInput(encoded=sample_images(synthetic_category)[0].read_bytes()))
     try:
         with Clients(facade, request) as clients:
@@ -108,7 +116,7 @@ def test_a_config_change_to_another_precision_stops_serving_until_it_matches_aga
     evaluated = json.loads(config_path.read_text())
     assert evaluated["model_config_list"][0]["config"]["plugin_config"]["INFERENCE_PRECISION_HINT"] == "f32"
     standin = StandIn(repository, flags=("--poll-seconds", "0.3")).start()
-    facade = start_server(repository, ["--backend", "kserve", "--ovms-address", standin.address])
+    facade = kserve_facade(repository, standin, timeout_s=None)
     request = pb.DetectRequest(image=pb.ImageInput(encoded=sample_images(synthetic_category)[0].read_bytes()))
     try:
         before = detect(facade, request).raw_score

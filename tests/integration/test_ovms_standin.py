@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,12 +18,9 @@ import tritonclient.grpc as grpcclient
 from openvino import opset13 as ops
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import REPO_ROOT
+from tests.kserve_standin import launch
 from tests.kserve_standin.policy import DEFAULT_POLICY, ModelSpec, Policy, State, parse_config, parse_policy, plan
-from tests.server_harness import free_port
 
-KSERVE_PYTHON = REPO_ROOT / ".venv-kserve" / "bin" / "python"
-STANDIN = REPO_ROOT / "tests" / "kserve_standin" / "serve.py"
 POLL_S = 0.2
 NOT_FOUND, INVALID_ARGUMENT = "StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT"
 MISSING = "Model with requested version is not found"
@@ -33,12 +29,8 @@ RETIRED = "Model with requested version is retired"
 _FLAGS = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
 BF16 = "bf16" if ("avx512_bf16" in _FLAGS or "amx_bf16" in _FLAGS) else "f32"  # what OpenVINO reports back
 
-if not KSERVE_PYTHON.exists():
-    pytest.skip(
-        f"the kserve virtualenv is absent ({KSERVE_PYTHON}); create it with: python3.11 -m venv .venv-kserve && "
-        ".venv-kserve/bin/pip install 'kserve==0.21.0' 'openvino==2026.4.1' numpy",
-        allow_module_level=True,
-    )
+if not launch.KSERVE_PYTHON.exists():
+    pytest.skip(launch.KSERVE_VENV_MISSING, allow_module_level=True)
 
 
 def publish(base: Path, number: int, precision: str | None = None) -> None:
@@ -63,50 +55,14 @@ def write_config(repository: Path, models: dict[str, dict]) -> None:
     temporary.replace(repository / "config.json")
 
 
-class StandIn:
-    """The stand-in in its own virtualenv; its stdout lines are the events tests wait on."""
+class StandIn(launch.StandIn):
+    """The stand-in polling every ``POLL_S``, started at once, with a KServe v2 client; its stdout lines are the
+    events tests wait on."""
 
     def __init__(self, repository: Path, *flags: str) -> None:
-        self.address = f"127.0.0.1:{free_port()}"
-        command = [
-            str(KSERVE_PYTHON), str(STANDIN), "--repository", str(repository), "--grpc-port",
-            self.address.rsplit(":", 1)[1], "--http-port", str(free_port()), "--poll-seconds", str(POLL_S), *flags,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._grew = threading.Condition()
-        threading.Thread(target=self._collect, daemon=True).start()
-        self.wait_line("kserve stand-in ready on port", timeout_s=60)
+        super().__init__(repository, flags=("--poll-seconds", str(POLL_S), *flags), startup_timeout_s=60)
+        self.start()
         self.client = grpcclient.InferenceServerClient(self.address)
-
-    def _collect(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._grew:
-                self.lines.append(line.rstrip())
-                self._grew.notify_all()
-
-    def mark(self) -> int:
-        with self._grew:
-            return len(self.lines)
-
-    def wait_line(self, text: str, since: int = 0, timeout_s: float = 20) -> int:
-        """The index of the first line from ``since`` on that contains ``text``."""
-
-        def found() -> int | None:
-            return next((i for i in range(since, len(self.lines)) if text in self.lines[i]), None)
-
-        with self._grew:
-            if not self._grew.wait_for(lambda: found() is not None or self.process.poll() is not None, timeout_s):
-                raise TimeoutError(f"no line {text!r} within {timeout_s} s; last lines: {self.lines[-15:]}")
-            index = found()
-        if index is None:
-            raise RuntimeError(f"the stand-in exited ({self.process.returncode}); last lines: {self.lines[-15:]}")
-        return index
-
-    def events(self, since: int, prefix: str) -> list[str]:
-        with self._grew:
-            return [line for line in self.lines[since:] if line.startswith(prefix)]
 
     def score(self, model: str, version: str = "") -> tuple[float, str]:
         """pred_score for a black image, and the version that answered."""
@@ -118,10 +74,9 @@ class StandIn:
     def versions(self, model: str, version: str = "") -> list[str]:
         return list(self.client.get_model_metadata(model, version, client_timeout=10).versions)
 
-    def stop(self) -> None:
+    def close(self) -> None:
         self.client.close()
-        self.process.kill()
-        self.process.wait(30)
+        self.kill()
 
 
 @contextlib.contextmanager
@@ -167,7 +122,7 @@ def started() -> Iterator[Callable[..., StandIn]]:
 
     yield start
     for server in servers:
-        server.stop()
+        server.close()
 
 
 def test_a_published_version_is_served_after_a_poll_and_its_load_and_latest_2_retires_the_oldest(

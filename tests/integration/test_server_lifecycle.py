@@ -170,6 +170,7 @@ def test_internal_fault_gives_a_generic_message_and_the_server_survives(
 
         def __init__(self, backend) -> None:
             self.backend = backend
+            self.jobs = backend.jobs
             self.failed = False
 
         async def infer(self, images):
@@ -177,6 +178,9 @@ def test_internal_fault_gives_a_generic_message_and_the_server_survives(
                 self.failed = True
                 raise RuntimeError("simulated device fault")
             return await self.backend.infer(images)
+
+        def warm_up(self, max_batch: int = 1) -> None:
+            self.backend.warm_up(max_batch)
 
         def close(self) -> None:
             self.backend.close()

@@ -17,7 +17,8 @@ of the repository is over (src/server.cpp starts the gRPC server before the serv
 IR's input/output names as read, shapes (-1 for dynamic dimensions), datatypes and the AVAILABLE versions; outputs
 go back as raw binary contents. Both of kserve's ports (gRPC, and the REST one it always opens) are bound to
 127.0.0.1 only. Prints ``kserve stand-in ready on port N`` once the gRPC server has started and the first load is
-done, then one line per state change: ``version <model>/<N> LOADING``, ``... AVAILABLE``, ``... UNLOADED (<why>)``,
+done (and, with ``--ready-file PATH``, writes ``{"pid": ..., "port": N, "host": "127.0.0.1"}`` there, atomically:
+what tests/kserve_standin/launch.py waits for), then one line per state change: ``version <model>/<N> LOADING``, ``... AVAILABLE``, ``... UNLOADED (<why>)``,
 ``loaded <model> version <N> with INFERENCE_PRECISION_HINT=<x> PERFORMANCE_HINT=<y>`` (read back from the compiled
 model) and ``config reloaded: <models>``.
 """
@@ -27,6 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -65,6 +68,9 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=10.0,
         help="how long ModelInfer waits for a loading version (OVMS: 10 s, src/modelmanager.hpp)",
     )
+    parser.add_argument(
+        "--ready-file", type=Path, help='once ready, write {"pid", "port", "host"} as JSON here (atomically)'
+    )
     return parser.parse_known_args(argv)[0]
 
 
@@ -74,6 +80,12 @@ def _dims(shape: ov.PartialShape) -> list[int]:
 
 def _emit(line: str) -> None:
     print(line, flush=True)
+
+
+def _write_ready_file(path: Path, port: int) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"pid": os.getpid(), "port": port, "host": "127.0.0.1"}))
+    os.replace(temporary, path)
 
 
 def main() -> None:
@@ -180,11 +192,13 @@ def main() -> None:
         )
         servicer = VersionedServicer(self._data_plane, self._model_repository_extension)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
-        self._server.add_insecure_port(f"127.0.0.1:{options.grpc_port}")
+        port = self._server.add_insecure_port(f"127.0.0.1:{options.grpc_port}")
         await self._server.start()
         await asyncio.to_thread(registry.poll)
         registry.started = True
-        print(f"kserve stand-in ready on port {options.grpc_port}", flush=True)
+        print(f"kserve stand-in ready on port {port}", flush=True)
+        if options.ready_file is not None:
+            _write_ready_file(options.ready_file, port)
         if options.poll_seconds > 0:
             threading.Thread(target=registry.watch, args=(options.poll_seconds,), daemon=True).start()
         await self._server.wait_for_termination()

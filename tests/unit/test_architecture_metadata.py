@@ -27,7 +27,7 @@ from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_client import ModelInfo
 from visinspect_client._protocol import model_details
 from visinspect_client.cli import run_models
-from visinspect_server.converters import model_description
+from visinspect_server.grpc.converters import model_description
 
 PATCHCORE = {"coreset_ratio": 0.01, "num_neighbors": 9.0, "memory_bank_size": 3277.0, "embedding_dim": 128.0}
 

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from visinspect_server.backend import RawOutput
+from visinspect_server.backends.base import RawOutput
 from visinspect_server.batching import BatchingOptions, MicroBatcher, Upstream
 from visinspect_server.errors import InspectionError
 

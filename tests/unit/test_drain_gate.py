@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visinspect_server.drain import CallGate
 from visinspect_server.errors import UnavailableError
-from visinspect_server.health import NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthService
+from visinspect_server.grpc.health import NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthService
 
 
 def test_the_gate_counts_calls_and_refuses_new_ones_once_closed() -> None:

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from tests.corpus import make_corpus
 from visinspect_api.v1 import inspection_pb2 as pb
-from visinspect_server import converters, imaging
-from visinspect_server.backend import InferenceBackend
+from visinspect_server import imaging
+from visinspect_server.backends.base import InferenceBackend
 from visinspect_server.errors import (
     InspectionError,
     InvalidInputError,
@@ -29,7 +29,16 @@ from visinspect_server.errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
 )
-from visinspect_server.pipeline import ImageSource, InspectionPipeline, PipelineLimits, _check_threshold
+from visinspect_server.grpc import converters
+from visinspect_server.pipeline import (
+    EncodedImage,
+    ImagePath,
+    ImageSource,
+    InspectionPipeline,
+    PipelineLimits,
+    RawPixels,
+    _check_threshold,
+)
 from visinspect_server.registry import ModelRegistry
 
 CORPUS_FILES = make_corpus.build_files()
@@ -228,7 +237,8 @@ def test_request_validation_only_raises_domain_errors(pipeline: InspectionPipeli
         assert "no image" in str(error)
         return
     assert isinstance(source, ImageSource)
-    assert sum(x is not None for x in (source.encoded, source.raw, source.path)) == 1
+    kinds = {"encoded": EncodedImage, "raw": RawPixels, "path": ImagePath}
+    assert type(source) is kinds[request.image.WhichOneof("source")]  # exactly the one kind the request set
     assert options.version == request.model_version
     try:
         threshold = _check_threshold(options.threshold)

@@ -16,8 +16,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from tests.conftest import REPO_ROOT
+from visinspect_server.grpc.security import ServerSecurity
 from visinspect_server.observability import Metrics
-from visinspect_server.security import ServerSecurity
 from visinspect_server.settings import ServerSettings, parse
 
 MONITORING = REPO_ROOT / "deploy" / "monitoring"

@@ -22,7 +22,7 @@ import yaml
 
 from tests.conftest import REPO_ROOT
 from visinspect_api.model_repository import OVMS_IMAGE
-from visinspect_server.app import SERVICE_NAME
+from visinspect_server.grpc.server import SERVICE_NAME
 from visinspect_server.settings import ServerSettings, parse
 
 KUSTOMIZE_ROOT = REPO_ROOT / "deploy" / "kubernetes"

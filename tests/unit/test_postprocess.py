@@ -13,10 +13,10 @@ import torch
 from anomalib.post_processing.post_processor import PostProcessor
 from PIL import Image
 
+from visinspect_api.detection import Region
+from visinspect_api.model_repository import Calibration
 from visinspect_server.postprocess import (
     MAX_REGIONS,
-    Calibration,
-    Region,
     Verdict,
     confidence,
     find_regions,
@@ -28,7 +28,14 @@ from visinspect_server.postprocess import (
 )
 
 CALIBRATION = Calibration(
-    image_threshold=50.0, pixel_threshold=40.0, image_min=20.0, image_max=120.0, pixel_min=0.0, pixel_max=80.0
+    image_threshold=50.0,
+    pixel_threshold=40.0,
+    image_min=20.0,
+    image_max=120.0,
+    pixel_min=0.0,
+    pixel_max=80.0,
+    source="test",
+    overlaps_test=False,
 )
 JET_LOW_BGR = (128, 0, 0)  # COLORMAP_JET at level 0: dark blue
 JET_HIGH_BGR = (0, 0, 128)  # COLORMAP_JET at level 255: dark red

@@ -18,17 +18,22 @@ from tests.unit.test_model_repository import make_metadata
 from visinspect_api.model_repository import ModelMetadata, write_metadata
 from visinspect_api.ovms_config import ModelServingConfig, read_ovms_config
 from visinspect_server import registry as registry_module
-from visinspect_server.backend import ModelLoadError, ModelNotReadyError, RawOutput, ServedVersions
+from visinspect_server.backends.base import ModelLoadError, ModelNotReadyError, RawOutput, ServedVersions
 from visinspect_server.errors import NotFoundError
 from visinspect_server.registry import ModelRegistry
 
 
 class Backend:
+    jobs = 1
+
     def __init__(self, version: int) -> None:
         self.version = version
 
     async def infer(self, images: np.ndarray) -> RawOutput:
         raise AssertionError("not called")
+
+    def warm_up(self, max_batch: int = 1) -> None:
+        pass
 
     def close(self) -> None:
         pass

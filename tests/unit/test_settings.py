@@ -7,9 +7,12 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from grpc_health.v1 import health_pb2
 
 from tests.conftest import REPO_ROOT
-from visinspect_server.security import ServerSecurity, TokenAuthInterceptor, parse_tokens, read_token_file
+from visinspect_server.grpc.security import ServerSecurity, TokenAuthInterceptor, parse_tokens, read_token_file
+from visinspect_server.local import LocalServer, read_ready_file
+from visinspect_server.main import write_ready_file
 from visinspect_server.settings import ServerSettings, add_arguments, settings_from
 
 
@@ -138,3 +141,41 @@ def test_unusable_pem_files_are_reported(tmp_path: Path) -> None:
             ServerSecurity.from_settings(settings)
     with pytest.raises(ValueError, match="at least one token"):
         TokenAuthInterceptor(())
+
+
+def test_ready_file_from_flag_or_environment() -> None:
+    assert parse(["--model-repository", "r"], {}).ready_file is None
+    assert parse(["--model-repository", "r", "--ready-file", "~/up.json"], {}).ready_file == Path.home() / "up.json"
+    environ = {"VISINSPECT_READY_FILE": "/run/env.json"}
+    assert parse(["--model-repository", "r"], environ).ready_file == Path("/run/env.json")
+    flag = parse(["--model-repository", "r", "--ready-file", "/run/flag.json"], environ)
+    assert flag.ready_file == Path("/run/flag.json")
+
+
+def test_ready_file_is_replaced_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "ready.json"
+    path.write_text("left by an earlier run")
+    document = {"pid": 7, "port": 50051, "metrics_port": None, "host": "0.0.0.0"}
+    write_ready_file(path, document)
+    assert read_ready_file(path) == document
+    assert [p.name for p in tmp_path.iterdir()] == ["ready.json"]  # no temporary file left behind
+
+
+def test_a_launched_server_announces_itself_in_its_ready_file(tmp_path: Path) -> None:
+    """The launcher (visinspect_server.local) passes --ready-file and takes the ports from it; an empty repository
+    serves nothing, so the server is up at once (NOT_SERVING)."""
+    (tmp_path / "empty").mkdir()
+    server = LocalServer(tmp_path / "empty").start(wait_serving=False)
+    try:
+        assert server.ready == {"pid": server.pid, "port": server.port, "metrics_port": server.metrics_port,
+                                "host": "127.0.0.1"}  # fmt: skip
+        assert server.port > 0 and server.metrics_port > 0
+        assert server.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert any(entry["message"].startswith("listening on port") for entry in server.logs)  # printed before
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_server_that_exits_before_it_is_ready_fails_fast(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"exited with status 2 before it was ready.*invalid setting port=70000"):
+        LocalServer(tmp_path, ["--port", "70000"]).start()

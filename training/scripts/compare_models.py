@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visinspect_api.model_repository import IR_BIN_FILENAME, IR_XML_FILENAME
+from visinspect_api.model_repository import IR_BIN_FILENAME, IR_XML_FILENAME, ArchitectureName
 from visinspect_training.api import DatasetSpec, TrainConfig, export_run, train
 from visinspect_training.defaults import DEFAULT_BACKBONE, DEFAULT_IMAGE_SCORE, ImageScoreName
 from visinspect_training.evaluate import TestPredictions
@@ -56,7 +56,7 @@ class Recipe:
     """One family with its settings."""
 
     label: str
-    model: str
+    model: ArchitectureName
     image_size: int = 256
     layers: tuple[str, ...] = ()
     coreset_ratio: float = 0.01

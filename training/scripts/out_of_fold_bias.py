@@ -44,7 +44,9 @@ def measure(category: str, seed: int, work: Path) -> list[dict[str, object]]:
     compiled = ir.compile_ir(work / "model.xml", "f32")
     validation = score_images(compiled, data.datamodule.val_dataloader())
     test = score_images(compiled, data.datamodule.test_dataloader())
-    unseen_third = score_images(compiled, data.calibration_loader()).raw_scores
+    held_out = data.calibration_loader()
+    assert held_out is not None  # calibration_fraction holds a third of the good training images out
+    unseen_third = score_images(compiled, held_out).raw_scores
     unseen = np.concatenate([unseen_third, test.raw_scores[~test.is_anomalous]])
     rows = []
     for folds in FOLD_COUNTS:

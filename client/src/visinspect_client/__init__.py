@@ -10,7 +10,9 @@ The base install needs only grpcio, protobuf and numpy; heat maps, masks, PIL in
 ``images`` extra, the ``visinspect`` command the ``cli`` extra.
 """
 
-from visinspect_client._protocol import DetectKwargs, MapSize
+from visinspect_api.detection import MapSize, Region, Timing
+from visinspect_api.model_repository import Calibration, ExpectedRates
+from visinspect_client._protocol import DetectKwargs
 from visinspect_client.aio import AsyncInspectionClient
 from visinspect_client.client import InspectionClient
 from visinspect_client.connection import RetryPolicy, TlsConfig
@@ -26,16 +28,7 @@ from visinspect_client.errors import (
     VisInspectError,
 )
 from visinspect_client.inputs import ImageLike, ServerPath
-from visinspect_client.results import (
-    Calibration,
-    DetectionFailure,
-    DetectionResult,
-    ExpectedRates,
-    ModelDetails,
-    ModelInfo,
-    Region,
-    Timing,
-)
+from visinspect_client.results import DetectionFailure, DetectionResult, ModelDetails, ModelInfo
 
 __all__ = [
     "AsyncInspectionClient",

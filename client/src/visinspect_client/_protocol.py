@@ -4,38 +4,36 @@ response parsing, shared by the blocking and the asyncio clients."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, TypedDict, cast
 
+from visinspect_api import detection
 from visinspect_api.calibration import ScoreSample
-from visinspect_api.model_repository import Calibration, DefectTypeRecall, ThresholdMethod
+from visinspect_api.detection import MapSize, Region, Timing
+from visinspect_api.model_repository import (
+    ArchitectureName,
+    Calibration,
+    DefectTypeRecall,
+    InferencePrecision,
+    IrPrecision,
+    ThresholdMethod,
+    WeightsSource,
+)
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_client import overlay
 from visinspect_client.inputs import ImageLike, image_input
-from visinspect_client.results import DetectionResult, ModelDetails, ModelInfo, Region, Timing
+from visinspect_client.results import DetectionResult, ModelDetails, ModelInfo
 
 SERVICE = pb.DESCRIPTOR.services_by_name["InspectionService"].full_name  # "visinspect.v1.InspectionService"
 
-MapSize = Literal["model", "original"]
 _MAP_SIZES = {"model": pb.MAP_SIZE_MODEL, "original": pb.MAP_SIZE_ORIGINAL}
 
 
 @dataclass(frozen=True)
-class DetectOptions:
+class DetectOptions(detection.DetectOptions):
     """Per-call choices of ``detect`` (everything but the image, the request id and the timeout)."""
 
-    model: str = ""
-    version: int = 0
-    threshold: float | None = None
-    anomaly_map: bool = False
-    mask: bool = False
-    regions: bool = False
-    map_size: MapSize = "model"
-
     def __post_init__(self) -> None:
-        if self.map_size not in _MAP_SIZES:
-            raise ValueError(f"map_size must be 'model' or 'original', got {self.map_size!r}")
-        if self.version < 0:
-            raise ValueError(f"version must be 0 (the newest) or a positive version number, got {self.version}")
+        super().__post_init__()
         if self.anomaly_map or self.mask:
             overlay.pillow()  # fail before the call when the PNGs could not be decoded
 
@@ -120,7 +118,7 @@ def model_details(description: pb.ModelDescription) -> ModelDetails:
     return ModelDetails(
         name=description.name,
         version=description.version,
-        architecture=description.architecture,
+        architecture=cast(ArchitectureName, description.architecture),
         input_height=description.input.height,
         input_width=description.input.width,
         calibration=calibration(description.calibration),
@@ -128,9 +126,9 @@ def model_details(description: pb.ModelDescription) -> ModelDetails:
         backbone=description.backbone,
         layers=tuple(description.layers),
         n_features=description.n_features,
-        weights=description.weights,
-        inference_precision=description.inference_precision,
-        ir_precision=description.ir_precision,
+        weights=cast(WeightsSource, description.weights),
+        inference_precision=cast(InferencePrecision, description.inference_precision),
+        ir_precision=cast(IrPrecision, description.ir_precision),
         dataset=description.dataset,
         created_at=description.created_at,
         parameters=dict(sorted(description.parameters.items())),

@@ -4,8 +4,10 @@ local input failures (never sent) fall in the input order."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 from visinspect_api.v1 import inspection_pb2 as pb
@@ -28,9 +30,10 @@ class _Sent:
 class StreamLedger:
     """Turns inputs into requests (recording them) and responses into outcomes in input order.
 
-    ``request`` may be called from gRPC's request-consuming thread while ``answer`` runs in the caller's:
-    a deque's append and popleft are thread-safe, and a response can only arrive after its request was
-    recorded.
+    ``request`` (through :meth:`requests`) may be called from gRPC's request-consuming thread while ``answer``
+    runs in the caller's: a deque's append and popleft are thread-safe, and a response can only arrive after its
+    request was recorded. An exception reading the inputs ends the requests; :meth:`raise_input_error` raises it
+    in the caller's thread or task once the responses are all in.
     """
 
     def __init__(self, options: DetectOptions, target: str, request_id_prefix: str = "") -> None:
@@ -38,6 +41,38 @@ class StreamLedger:
         self._target = target
         self._prefix = request_id_prefix or secrets.token_hex(4)
         self._slots: collections.deque[_Sent | DetectionFailure] = collections.deque()
+        self._input_errors: list[Exception] = []
+
+    def requests(self, images: Iterable[ImageLike]) -> Iterator[pb.DetectRequest]:
+        """The requests for ``images`` (for the blocking DetectStream call)."""
+        with self._keeping_input_error():
+            for index, image in enumerate(images):
+                if (request := self.request(index, image)) is not None:
+                    yield request
+
+    async def async_requests(
+        self, images: Iterable[ImageLike] | AsyncIterable[ImageLike]
+    ) -> AsyncIterator[pb.DetectRequest]:
+        """The requests for ``images``, which may be an async iterable (for the asyncio DetectStream call)."""
+        with self._keeping_input_error():
+            index = 0
+            async for image in _aiter(images):
+                request = self.request(index, image)
+                index += 1
+                if request is not None:
+                    yield request
+
+    def raise_input_error(self) -> None:
+        """Raise the exception that ended the inputs early, if one did."""
+        if self._input_errors:
+            raise self._input_errors[0]
+
+    @contextlib.contextmanager
+    def _keeping_input_error(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - re-raised to the caller once the stream ends
+            self._input_errors.append(exc)
 
     def request(self, index: int, image: ImageLike) -> pb.DetectRequest | None:
         """The request for input ``index``, or None after recording a local failure (nothing to send)."""
@@ -82,3 +117,12 @@ class StreamLedger:
         while self._slots and isinstance(self._slots[0], DetectionFailure):
             failures.append(self._slots.popleft())  # type: ignore[arg-type]
         return failures
+
+
+async def _aiter(images: Iterable[ImageLike] | AsyncIterable[ImageLike]) -> AsyncIterator[ImageLike]:
+    if isinstance(images, AsyncIterable):
+        async for image in images:
+            yield image
+    else:
+        for image in images:
+            yield image

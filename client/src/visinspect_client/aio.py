@@ -9,14 +9,14 @@ from types import TracebackType
 from typing import Self, TypeVar, Unpack
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from visinspect_api.detection import MapSize
+from visinspect_api.model_repository import ExpectedRates
 from visinspect_api.v1 import inspection_pb2 as pb
-from visinspect_api.v1 import inspection_pb2_grpc as pb_grpc
+from visinspect_client._base import ClientBase
 from visinspect_client._protocol import (
     DetectKwargs,
     DetectOptions,
-    MapSize,
     detect_request,
     detection_result,
     model_details,
@@ -24,53 +24,20 @@ from visinspect_client._protocol import (
     split_options,
 )
 from visinspect_client._streaming import Outcome, StreamLedger
-from visinspect_client.client import DEFAULT_RETRY
-from visinspect_client.connection import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_TARGET,
-    HealthSeen,
-    RetryPolicy,
-    ServerTarget,
-    Target,
-    TlsConfig,
-    channel_credentials,
-    channel_options,
-    open_channel,
-    plaintext_metadata,
-)
-from visinspect_client.errors import VisInspectError, from_rpc_error
+from visinspect_client.errors import VisInspectError
 from visinspect_client.inputs import ImageLike, describe
-from visinspect_client.results import DetectionFailure, DetectionResult, ExpectedRates, ModelDetails, ModelInfo
+from visinspect_client.results import DetectionFailure, DetectionResult, ModelDetails, ModelInfo
 
 Response = TypeVar("Response")
 
 
-class AsyncInspectionClient:
+class AsyncInspectionClient(ClientBase[grpc.aio.Channel]):
     """The asyncio client; same arguments and methods as :class:`~visinspect_client.InspectionClient`.
 
     Create it inside a running event loop (``async with AsyncInspectionClient(...) as client:``).
     """
 
-    def __init__(
-        self,
-        target: Target = DEFAULT_TARGET,
-        *,
-        tls: TlsConfig | None = None,
-        token: str | None = None,
-        timeout: float = 10.0,
-        retry: RetryPolicy | None = DEFAULT_RETRY,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ) -> None:
-        self._server = ServerTarget.parse(target)
-        self.target = self._server.label
-        self.timeout = timeout
-        self._credentials = channel_credentials(tls, token)
-        self._probe_options = channel_options(None, max_message_bytes, tls, balanced=False)
-        options = channel_options(retry, max_message_bytes, tls, self._server.authority)
-        self._channel: grpc.aio.Channel = open_channel(grpc.aio, self._server.uri, options, self._credentials)
-        self._metadata = plaintext_metadata(tls, token)
-        self._stub = pb_grpc.InspectionServiceStub(self._channel)
-        self._probes: dict[str, grpc.aio.Channel] = {}
+    _grpc = grpc.aio
 
     async def __aenter__(self) -> Self:
         return self
@@ -83,8 +50,7 @@ class AsyncInspectionClient:
     async def close(self) -> None:
         """Close the channels (pending calls are cancelled)."""
         await self._channel.close()
-        probes, self._probes = self._probes, {}
-        for probe in probes.values():
+        for probe in self._take_probes():
             await probe.close()
 
     async def detect(
@@ -136,32 +102,17 @@ class AsyncInspectionClient:
         ``images`` may be an async iterable (a camera's frames)."""
         options, request_id, timeout = split_options(detect_options)
         ledger = StreamLedger(options, self.target, request_id)
-        stopped: list[BaseException] = []
-
-        async def requests() -> AsyncIterator[pb.DetectRequest]:
-            try:
-                index = 0
-                async for image in _aiter(images):
-                    request = ledger.request(index, image)
-                    index += 1
-                    if request is not None:
-                        yield request
-            except Exception as exc:  # noqa: BLE001 - re-raised to the caller once the stream ends
-                stopped.append(exc)
-
-        call = self._stub.DetectStream(requests(), timeout=timeout, metadata=self._metadata)
+        call = self._stub.DetectStream(ledger.async_requests(images), timeout=timeout, metadata=self._metadata)
         try:
-            async for response in call:
-                for outcome in ledger.answer(response):
+            with self._rpc_errors(timeout):
+                async for response in call:
+                    for outcome in ledger.answer(response):
+                        yield outcome
+                for outcome in ledger.finish():
                     yield outcome
-            for outcome in ledger.finish():
-                yield outcome
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.target, timeout) from exc
         finally:
             call.cancel()
-        if stopped:
-            raise stopped[0]
+        ledger.raise_input_error()
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The served models and their loaded versions."""
@@ -187,24 +138,11 @@ class AsyncInspectionClient:
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status of ``service`` (see :meth:`InspectionClient.health`)."""
-        deadline = self.timeout if timeout is None else timeout
-        request = health_pb2.HealthCheckRequest(service=service)
-        seen = HealthSeen()
-        for address in self._server.addresses:
-            stub = health_pb2_grpc.HealthStub(self._probe(address))
-            try:
-                seen.status((await stub.Check(request, timeout=deadline, metadata=self._metadata)).status)
-            except grpc.RpcError as exc:
-                seen.error(exc, address, deadline)
-            if seen.serving:
-                break
-        return seen.result()
-
-    def _probe(self, address: str) -> grpc.aio.Channel:
-        """A channel to one server that is not steered by health (it asks for it)."""
-        if address not in self._probes:
-            self._probes[address] = open_channel(grpc.aio, address, self._probe_options, self._credentials)
-        return self._probes[address]
+        health = self._health_round(service, timeout)
+        for check in health:
+            with health.recording():
+                health.record(await check())
+        return health.result()
 
     async def _detect(self, request: pb.DetectRequest, timeout: float | None) -> DetectionResult:
         started = time.perf_counter()
@@ -214,17 +152,6 @@ class AsyncInspectionClient:
     async def _call(
         self, method: Callable[..., Awaitable[Response]], request: object, timeout: float | None
     ) -> Response:
-        deadline = self.timeout if timeout is None else timeout
-        try:
+        deadline = self._deadline(timeout)
+        with self._rpc_errors(deadline):
             return await method(request, timeout=deadline, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.target, deadline) from exc
-
-
-async def _aiter(images: Iterable[ImageLike] | AsyncIterable[ImageLike]) -> AsyncIterator[ImageLike]:
-    if isinstance(images, AsyncIterable):
-        async for image in images:
-            yield image
-    else:
-        for image in images:
-            yield image

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visinspect_api.model_repository import ExpectedRates
 from visinspect_client.client import InspectionClient
 from visinspect_client.connection import DEFAULT_TARGET, TlsConfig
 from visinspect_client.errors import VisInspectError
 from visinspect_client.evaluation import evaluate, mvtec_label, percentiles
-from visinspect_client.results import DetectionFailure, DetectionResult, ExpectedRates, ModelDetails
+from visinspect_client.results import DetectionFailure, DetectionResult, ModelDetails
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif"})
@@ -264,7 +265,8 @@ def chosen_threshold(args: argparse.Namespace, details: ModelDetails) -> float |
     """``--threshold``, or the threshold for ``--false-reject-rate`` (UsageError when the model cannot answer)."""
     rate = args.false_reject_rate
     if rate is None:
-        return args.threshold
+        threshold: float | None = args.threshold
+        return threshold
     try:
         threshold = details.threshold_for_false_reject_rate(rate)
     except ValueError as exc:

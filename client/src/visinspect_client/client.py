@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import collections
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Self, TypeVar, Unpack
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from visinspect_api.detection import MapSize
+from visinspect_api.model_repository import ExpectedRates
 from visinspect_api.v1 import inspection_pb2 as pb
-from visinspect_api.v1 import inspection_pb2_grpc as pb_grpc
+from visinspect_client._base import ClientBase
 from visinspect_client._protocol import (
     DetectKwargs,
     DetectOptions,
-    MapSize,
     detect_request,
     detection_result,
     model_details,
@@ -25,28 +24,14 @@ from visinspect_client._protocol import (
     split_options,
 )
 from visinspect_client._streaming import Outcome, StreamLedger
-from visinspect_client.connection import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_TARGET,
-    HealthSeen,
-    RetryPolicy,
-    ServerTarget,
-    Target,
-    TlsConfig,
-    channel_credentials,
-    channel_options,
-    open_channel,
-    plaintext_metadata,
-)
 from visinspect_client.errors import InvalidImageError, error_for, from_rpc_error
 from visinspect_client.inputs import ImageLike, describe
-from visinspect_client.results import DetectionFailure, DetectionResult, ExpectedRates, ModelDetails, ModelInfo
+from visinspect_client.results import DetectionFailure, DetectionResult, ModelDetails, ModelInfo
 
 Response = TypeVar("Response")
-DEFAULT_RETRY = RetryPolicy()
 
 
-class InspectionClient:
+class InspectionClient(ClientBase[grpc.Channel]):
     """A blocking client of the visual inspection service.
 
     ``target`` is one server (``host:port``; a name that resolves to several addresses, such as a Kubernetes
@@ -57,27 +42,7 @@ class InspectionClient:
     <token>`` on every call. Use it as a context manager, or call :meth:`close`. Safe to share between threads.
     """
 
-    def __init__(
-        self,
-        target: Target = DEFAULT_TARGET,
-        *,
-        tls: TlsConfig | None = None,
-        token: str | None = None,
-        timeout: float = 10.0,
-        retry: RetryPolicy | None = DEFAULT_RETRY,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ) -> None:
-        self._server = ServerTarget.parse(target)
-        self.target = self._server.label
-        self.timeout = timeout
-        self._credentials = channel_credentials(tls, token)
-        self._probe_options = channel_options(None, max_message_bytes, tls, balanced=False)
-        options = channel_options(retry, max_message_bytes, tls, self._server.authority)
-        self._channel: grpc.Channel = open_channel(grpc, self._server.uri, options, self._credentials)
-        self._metadata = plaintext_metadata(tls, token)
-        self._stub = pb_grpc.InspectionServiceStub(self._channel)
-        self._probes: dict[str, grpc.Channel] = {}
-        self._probes_lock = threading.Lock()
+    _grpc = grpc
 
     def __enter__(self) -> Self:
         return self
@@ -90,10 +55,8 @@ class InspectionClient:
     def close(self) -> None:
         """Close the channels (pending calls are cancelled)."""
         self._channel.close()
-        with self._probes_lock:
-            for probe in self._probes.values():
-                probe.close()
-            self._probes.clear()
+        for probe in self._take_probes():
+            probe.close()
 
     def detect(
         self,
@@ -183,28 +146,15 @@ class InspectionClient:
         return self._stream(images, StreamLedger(options, self.target, request_id), timeout)
 
     def _stream(self, images: Iterable[ImageLike], ledger: StreamLedger, timeout: float | None) -> Iterator[Outcome]:
-        stopped: list[BaseException] = []
-
-        def requests() -> Iterator[pb.DetectRequest]:
-            try:
-                for index, image in enumerate(images):
-                    request = ledger.request(index, image)
-                    if request is not None:
-                        yield request
-            except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread once the stream ends
-                stopped.append(exc)
-
-        responses = self._stub.DetectStream(requests(), timeout=timeout, metadata=self._metadata)
+        responses = self._stub.DetectStream(ledger.requests(images), timeout=timeout, metadata=self._metadata)
         try:
-            for response in responses:
-                yield from ledger.answer(response)
-            yield from ledger.finish()
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.target, timeout) from exc
+            with self._rpc_errors(timeout):
+                for response in responses:
+                    yield from ledger.answer(response)
+                yield from ledger.finish()
         finally:
             responses.cancel()
-        if stopped:
-            raise stopped[0]
+        ledger.raise_input_error()
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The served models and their loaded versions."""
@@ -237,35 +187,16 @@ class InspectionClient:
         """The grpc.health.v1 status of ``service`` ("" = the whole server, ``model/<name>`` = one model):
         "SERVING", "NOT_SERVING" or "SERVICE_UNKNOWN"; with several servers, "SERVING" when one of them is.
         Raises when no server can be reached."""
-        deadline = self._deadline(timeout)
-        request = health_pb2.HealthCheckRequest(service=service)
-        seen = HealthSeen()
-        for address in self._server.addresses:
-            stub = health_pb2_grpc.HealthStub(self._probe(address))
-            try:
-                seen.status(stub.Check(request, timeout=deadline, metadata=self._metadata).status)
-            except grpc.RpcError as exc:
-                seen.error(exc, address, deadline)
-            if seen.serving:
-                break
-        return seen.result()
-
-    def _probe(self, address: str) -> grpc.Channel:
-        """A channel to one server that is not steered by health (it asks for it)."""
-        with self._probes_lock:
-            if address not in self._probes:
-                self._probes[address] = open_channel(grpc, address, self._probe_options, self._credentials)
-            return self._probes[address]
-
-    def _deadline(self, timeout: float | None) -> float:
-        return self.timeout if timeout is None else timeout
+        health = self._health_round(service, timeout)
+        for check in health:
+            with health.recording():
+                health.record(check())
+        return health.result()
 
     def _call(self, method: Callable[..., Response], request: object, timeout: float | None) -> Response:
         deadline = self._deadline(timeout)
-        try:
+        with self._rpc_errors(deadline):
             return method(request, timeout=deadline, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.target, deadline) from exc
 
     def _submit(
         self, index: int, image: ImageLike, options: DetectOptions, request_id: str, timeout: float

@@ -155,6 +155,9 @@ class RetryPolicy:
         }
 
 
+DEFAULT_RETRY = RetryPolicy()
+
+
 def service_config(retry: RetryPolicy | None) -> str:
     """The ``grpc.service_config`` JSON: round-robin over every address, skipping servers whose health is not
     SERVING, and the retry policy (when given)."""

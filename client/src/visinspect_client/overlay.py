@@ -14,8 +14,8 @@ from visinspect_client.errors import InvalidImageError
 from visinspect_client.inputs import ServerPath, check_array, pil_to_rgb_array, read_local_file
 
 if TYPE_CHECKING:
+    from visinspect_api.detection import Region
     from visinspect_client.inputs import ImageLike
-    from visinspect_client.results import Region
 
 BOX_COLOR: tuple[int, int, int] = (255, 0, 255)
 """Region outlines are magenta: a colour the jet heat map never uses."""

@@ -9,36 +9,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from visinspect_api.model_repository import Calibration, DefectTypeRecall, ExpectedRates
+from visinspect_api.detection import Region, Timing
+from visinspect_api.model_repository import (
+    ArchitectureName,
+    Calibration,
+    DefectTypeRecall,
+    ExpectedRates,
+    InferencePrecision,
+    IrPrecision,
+    WeightsSource,
+)
 from visinspect_client import overlay as _overlay
 from visinspect_client.errors import VisInspectError
 
 if TYPE_CHECKING:
     from visinspect_client.inputs import ImageLike
-
-
-@dataclass(frozen=True)
-class Region:
-    """One connected defect region: its box and area in original-image pixels, normalised pixel scores."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-    area: int
-    peak_score: float
-    mean_score: float
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Server-side time per stage, in milliseconds."""
-
-    decode_ms: float
-    preprocess_ms: float
-    inference_ms: float
-    postprocess_ms: float
-    total_ms: float
 
 
 @dataclass(frozen=True)
@@ -144,7 +129,7 @@ class ModelDetails:
 
     name: str
     version: int
-    architecture: str
+    architecture: ArchitectureName
     input_height: int
     input_width: int
     calibration: Calibration
@@ -152,9 +137,9 @@ class ModelDetails:
     backbone: str
     layers: tuple[str, ...]
     n_features: int
-    weights: str
-    inference_precision: str
-    ir_precision: str
+    weights: WeightsSource
+    inference_precision: InferencePrecision
+    ir_precision: IrPrecision
     dataset: str
     created_at: str
     image_auroc: float | None = None
@@ -198,7 +183,7 @@ class ModelDetails:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (score distributions as ``{"count", "values"}``, tuples as lists)."""
-        return _json_ready(asdict(self))
+        return {name: _json_ready(value) for name, value in asdict(self).items()}
 
 
 def asdict_shallow(instance: object) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from visinspect_api.calibration import (
     ScoreSample,
@@ -35,6 +35,9 @@ from visinspect_api.calibration import (
     smallest_resolvable_rate,
     threshold_for_false_reject_rate,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 SCHEMA_VERSION = 3
 # 1: F1 thresholds only, no score distributions; 2: thresholds by false-reject rate, calibration score
@@ -61,6 +64,8 @@ WeightsSource = Literal["builtin", "hub", "file", "random"]
 DatasetKind = Literal["mvtec", "folder", "synthetic"]
 Interpolation = Literal["area", "bilinear"]
 ThresholdMethod = Literal["false_reject_rate", "f1"]
+
+_Schema = TypeVar("_Schema", bound="DataclassInstance")  # a dataclass of the metadata schema
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -369,7 +374,7 @@ def _check_parameters(parameters: Mapping[str, float]) -> None:
             raise MetadataError(f"parameters.{name} must be a finite number")
 
 
-def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+def _build(cls: type[_Schema], data: Mapping[str, Any], where: str) -> _Schema:
     hints = get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
@@ -401,7 +406,7 @@ def _convert(hint: Any, value: Any, path: str) -> Any:  # noqa: PLR0911 - one br
         if value not in get_args(hint):
             raise MetadataError(f"{path} must be one of {list(get_args(hint))}, got {value!r}")
         return value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise MetadataError(f"{path} must be an object")
         return _build(hint, value, f"{path}.")

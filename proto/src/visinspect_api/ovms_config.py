@@ -13,13 +13,15 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from visinspect_api.model_repository import OVMS_CONFIG_FILENAME, MetadataError
 
 PolicyKind = Literal["latest", "specific", "all"]
 PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 PERFORMANCE_HINT = "PERFORMANCE_HINT"
+PerformanceHint = Literal["LATENCY", "THROUGHPUT"]  # OpenVINO's, as the facade and OVMS compile with it
+PERFORMANCE_HINTS: tuple[PerformanceHint, ...] = get_args(PerformanceHint)
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,12 @@ class ModelServingConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The entry as OVMS reads it."""
-        policy: dict[str, Any] = {
+        policies: dict[PolicyKind, dict[str, Any]] = {
             "latest": {"num_versions": self.num_versions},
             "specific": {"versions": list(self.versions)},
             "all": {},
-        }[self.policy]
+        }
+        policy = policies[self.policy]
         return {
             "config": {
                 "name": self.name,

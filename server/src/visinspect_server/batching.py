@@ -2,7 +2,7 @@
 
 PaDiM's scoring step reads every position's inverse covariance on each inference, so one inference
 of N images costs far less than N inferences of one. :class:`MicroBatcher` is itself an
-:class:`~visinspect_server.backend.InferenceBackend`: callers send their images as before, and the
+:class:`~visinspect_server.backends.base.InferenceBackend`: callers send their images as before, and the
 batcher merges what arrives concurrently into one backend call.
 
 Policy: a batch leaves as soon as the backend has a free slot (``slots`` batches run at once).
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from visinspect_server.backend import InferenceBackend, RawOutput
+from visinspect_server.backends.base import InferenceBackend, RawOutput
 
 
 class Upstream:
@@ -75,7 +75,7 @@ class MicroBatcher:
         self._backend = backend
         self._upstream = upstream or Upstream()
         self._options = options
-        self._free_slots = max(1, slots)
+        self._slots = self._free_slots = max(1, slots)
         self._waiting: deque[_Waiting] = deque()
         self._queued_images = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -99,11 +99,14 @@ class MicroBatcher:
         self._dispatch()
         return await future
 
-    def warm_up(self) -> None:
-        """Warm the wrapped backend up for every batch size this batcher can send, when it can."""
-        warm_up = getattr(self._backend, "warm_up", None)
-        if warm_up is not None:
-            warm_up(self._options.max_batch)
+    @property
+    def jobs(self) -> int:
+        """Batches sent to the wrapped backend at once."""
+        return self._slots
+
+    def warm_up(self, max_batch: int = 1) -> None:
+        """Warm the wrapped backend up for every batch size this batcher can send."""
+        self._backend.warm_up(max(max_batch, self._options.max_batch))
 
     def close(self) -> None:
         """Close the wrapped backend."""

@@ -1,42 +1,55 @@
-"""Domain errors. Each carries the gRPC status it maps to; the mapping happens in one place
-(:mod:`visinspect_server.grpc_errors`). Messages are shown to callers, so they say what to fix."""
+"""Domain errors. Each carries a transport-neutral :class:`ErrorKind`; a front door maps kinds to its own
+statuses in one place (gRPC: :mod:`visinspect_server.grpc.errors`). Messages are shown to callers, so they
+say what to fix."""
 
 from __future__ import annotations
 
-import grpc
+import enum
+
+
+class ErrorKind(enum.Enum):
+    """Why a request failed, independent of the transport that carried it."""
+
+    INTERNAL = "internal"
+    INVALID_INPUT = "invalid_input"
+    NOT_FOUND = "not_found"
+    PERMISSION_DENIED = "permission_denied"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 class InspectionError(Exception):
-    """Base class: a request the server refuses, with the status code to answer it with."""
+    """Base class: a request the server refuses, with the kind of failure to answer it with."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    kind: ErrorKind = ErrorKind.INTERNAL
 
 
 class InvalidInputError(InspectionError):
     """The request is malformed: undecodable image, bad threshold, raw buffer of the wrong size."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    kind = ErrorKind.INVALID_INPUT
 
 
 class NotFoundError(InspectionError):
     """An unknown model or version, or a missing file."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    kind = ErrorKind.NOT_FOUND
 
 
 class PermissionDeniedError(InspectionError):
     """A path outside the image root, or path inputs disabled."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    kind = ErrorKind.PERMISSION_DENIED
 
 
 class ResourceExhaustedError(InspectionError):
     """An image over the pixel budget, or a message over the size limit."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = ErrorKind.RESOURCE_EXHAUSTED
 
 
 class UnavailableError(InspectionError):
     """No model is loaded yet, or the server is shutting down."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    kind = ErrorKind.UNAVAILABLE

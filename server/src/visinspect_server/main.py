@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from visinspect_server.backends import BackendUnavailableError
 from visinspect_server.settings import ServerSettings, add_arguments, settings_from
 
 if TYPE_CHECKING:
-    from visinspect_server.security import ServerSecurity
+    from visinspect_server.grpc.security import ServerSecurity
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,18 +42,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             return _usage_error(health_parser, exc)
         return check_health(args.address, args.service, args.timeout_s, tls)
-    from visinspect_server.security import ServerSecurity  # noqa: PLC0415 - keep --help light
+    from visinspect_server.grpc.security import ServerSecurity  # noqa: PLC0415 - keep --help light
 
     try:
         settings = settings_from(args)
         security = ServerSecurity.from_settings(settings)
     except ValueError as exc:
         return _usage_error(serve_parser, exc)
-    asyncio.run(serve(settings, security))
+    try:
+        asyncio.run(serve(settings, security))
+    except BackendUnavailableError as exc:  # e.g. --backend kserve without the [kserve] extra
+        return _usage_error(serve_parser, exc)
     return 0
 
 
-def _usage_error(parser: argparse.ArgumentParser, error: ValueError) -> int:
+def _usage_error(parser: argparse.ArgumentParser, error: Exception) -> int:
     """One line on stderr and exit status 2, as argparse does for bad flags (without the long usage text)."""
     print(f"{parser.prog}: error: {error}", file=sys.stderr)
     return 2
@@ -123,11 +128,24 @@ async def serve(settings: ServerSettings, security: ServerSecurity | None = None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if settings.ready_file is not None:
+        settings.ready_file.unlink(missing_ok=True)  # one left by an earlier run must not announce this one
     await server.start()
+    if settings.ready_file is not None:
+        metrics_port = server.metrics_port if settings.metrics_port >= 0 else None
+        ready = {"pid": os.getpid(), "port": server.port, "metrics_port": metrics_port, "host": settings.host}
+        write_ready_file(settings.ready_file, ready)
     await stop.wait()
     if not await server.stop(abandon_busy_transport=True):
         logging.shutdown()  # flush the log, then leave without stopping gRPC: see InspectionServer.stop
         os._exit(0)
+
+
+def write_ready_file(path: Path, document: Mapping[str, object]) -> None:
+    """Write ``document`` as JSON to ``path`` atomically: a reader sees no file or the whole of it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(document))
+    os.replace(temporary, path)
 
 
 if __name__ == "__main__":

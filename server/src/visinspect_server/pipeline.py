@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import math
 import time
+import typing
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -14,10 +15,12 @@ from typing import TypeVar
 
 import numpy as np
 
+from visinspect_api.detection import DetectOptions, Region, Timing
 from visinspect_server import imaging, postprocess
-from visinspect_server.backend import RawOutput
+from visinspect_server.backends.base import RawOutput
 from visinspect_server.batching import Upstream
 from visinspect_server.errors import InvalidInputError
+from visinspect_server.observability import Metrics
 from visinspect_server.registry import LoadedModel, ModelRegistry
 
 T = TypeVar("T")
@@ -35,41 +38,21 @@ class RawPixels:
 
 
 @dataclass(frozen=True)
-class ImageSource:
-    """Exactly one of: encoded file bytes, raw pixels, or a path under the image root."""
+class EncodedImage:
+    """An image file's bytes (PNG, JPEG, BMP, TIFF, ...)."""
 
-    encoded: bytes | None = None
-    raw: RawPixels | None = None
-    path: str | None = None
+    data: bytes
 
 
 @dataclass(frozen=True)
-class DetectOptions:
-    """Per-request choices."""
+class ImagePath:
+    """A path, relative to the image root, of an image file the server reads."""
 
-    model: str = ""
-    version: int = 0
-    threshold: float | None = None
-    anomaly_map: bool = False
-    mask: bool = False
-    regions: bool = False
-    original_size_maps: bool = False
-
-    @property
-    def any_extras(self) -> bool:
-        """Whether a heat map, mask or regions are asked for (else the response is the verdict alone)."""
-        return self.anomaly_map or self.mask or self.regions
+    path: str
 
 
-@dataclass(frozen=True)
-class StageTimes:
-    """Milliseconds spent per stage."""
-
-    decode_ms: float
-    preprocess_ms: float
-    inference_ms: float
-    postprocess_ms: float
-    total_ms: float
+ImageSource = EncodedImage | RawPixels | ImagePath
+"""Where a request's image comes from: exactly one kind, told apart by type."""
 
 
 @dataclass(frozen=True)
@@ -81,10 +64,10 @@ class Detection:
     verdict: postprocess.Verdict
     image_height: int
     image_width: int
-    timing: StageTimes
+    timing: Timing
     anomaly_map_png: bytes = b""
     mask_png: bytes = b""
-    regions: tuple[postprocess.Region, ...] = field(default_factory=tuple)
+    regions: tuple[Region, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -100,12 +83,18 @@ class InspectionPipeline:
     """Runs detections; CPU-bound stages go to a thread pool so the event loop keeps serving."""
 
     def __init__(
-        self, registry: ModelRegistry, executor: Executor, limits: PipelineLimits, upstream: Upstream | None = None
+        self,
+        registry: ModelRegistry,
+        executor: Executor,
+        limits: PipelineLimits,
+        upstream: Upstream | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._registry = registry
         self._executor = executor
         self._limits = limits
         self._upstream = upstream or Upstream()
+        self._metrics = metrics
 
     async def detect(self, source: ImageSource, options: DetectOptions) -> Detection:
         """Score one image with the requested (or default) model version."""
@@ -123,14 +112,17 @@ class InspectionPipeline:
         else:  # a verdict is a few float operations: not worth a thread hop
             detection = _postprocess(model, options, threshold, image_size, output)
             finished = time.perf_counter()
-        timing = StageTimes(
+        timing = Timing(
             decode_ms=(decoded - started) * 1e3,
             preprocess_ms=(resized - decoded) * 1e3,
             inference_ms=(inferred - resized) * 1e3,
             postprocess_ms=(finished - inferred) * 1e3,
             total_ms=(finished - started) * 1e3,
         )
-        return dataclasses.replace(detection, timing=timing)
+        detection = dataclasses.replace(detection, timing=timing)
+        if self._metrics is not None:
+            _record(self._metrics, detection)
+        return detection
 
     async def _run(self, function: Callable[..., T], *args: object) -> tuple[T, float]:
         result = await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
@@ -145,15 +137,31 @@ class InspectionPipeline:
 
     def _decode(self, source: ImageSource) -> np.ndarray:
         limits = self._limits
-        if source.raw is not None:
-            raw = source.raw
-            return imaging.raw_image(raw.data, raw.height, raw.width, raw.channels, raw.bgr, limits.max_pixels)
-        if source.path is not None:
-            path = imaging.resolve_path(limits.image_root, source.path)
-            return imaging.decode_image(imaging.read_image_file(path, limits.max_file_bytes), limits.max_pixels)
-        if source.encoded is not None:
-            return imaging.decode_image(source.encoded, limits.max_pixels)
-        raise InvalidInputError("the request has no image: set image.encoded, image.raw or image.path")
+        match source:
+            case EncodedImage(data):
+                return imaging.decode_image(data, limits.max_pixels)
+            case RawPixels(data, height, width, channels, bgr):
+                return imaging.raw_image(data, height, width, channels, bgr, limits.max_pixels)
+            case ImagePath(path):
+                resolved = imaging.resolve_path(limits.image_root, path)
+                return imaging.decode_image(imaging.read_image_file(resolved, limits.max_file_bytes), limits.max_pixels)
+            case _:
+                typing.assert_never(source)
+
+
+def _record(metrics: Metrics, detection: Detection) -> None:
+    """Stage times, the score and the verdict of a finished detection."""
+    timing = detection.timing
+    for stage, ms in (
+        ("decode", timing.decode_ms),
+        ("preprocess", timing.preprocess_ms),
+        ("inference", timing.inference_ms),
+        ("postprocess", timing.postprocess_ms),
+    ):
+        metrics.stage.labels(stage).observe(ms / 1e3)
+    metrics.scores.labels(detection.model).observe(detection.verdict.score)
+    if detection.verdict.is_anomalous:
+        metrics.anomalies.labels(detection.model).inc()
 
 
 def _check_threshold(threshold: float | None) -> float:
@@ -174,10 +182,10 @@ def _postprocess(
     raw_map = output.anomaly_maps[0]
     verdict = postprocess.verdict(float(output.scores[0]), model.calibration, threshold)
     heat_png = mask_png = b""
-    regions: tuple[postprocess.Region, ...] = ()
+    regions: tuple[Region, ...] = ()
     if options.any_extras:
         pixel_map = postprocess.normalized_pixel_map(raw_map, model.calibration)
-        size = image_size if options.original_size_maps else None
+        size = image_size if options.map_size == "original" else None
         shown = pixel_map
         if size is not None and options.anomaly_map and options.mask:
             shown = postprocess.resize_map(pixel_map, size)  # once for both images
@@ -193,7 +201,7 @@ def _postprocess(
         verdict=verdict,
         image_height=image_size[0],
         image_width=image_size[1],
-        timing=StageTimes(0.0, 0.0, 0.0, 0.0, 0.0),
+        timing=Timing(0.0, 0.0, 0.0, 0.0, 0.0),
         anomaly_map_png=heat_png,
         mask_png=mask_png,
         regions=regions,

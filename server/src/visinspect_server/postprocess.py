@@ -12,29 +12,21 @@ A score or pixel is anomalous when it is strictly greater than the normalised de
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
-from typing import Final, overload
+from typing import Any, Final, overload
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from visinspect_api.calibration import normalize_score
+from visinspect_api.detection import Region
+from visinspect_api.model_repository import Calibration
 
 MAX_REGIONS: Final[int] = 100
 """Most regions :func:`find_regions` returns: the largest ones. A noisy map can have thousands of specks
 (one per 2 x 2 block: 16,384 at 256 x 256), which would bloat every response for no use."""
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Raw-score statistics from the model metadata (finite, min <= max: the metadata loader checks)."""
-
-    image_threshold: float
-    pixel_threshold: float
-    image_min: float
-    image_max: float
-    pixel_min: float
-    pixel_max: float
 
 
 @dataclass(frozen=True)
@@ -46,19 +38,6 @@ class Verdict:
     threshold: float
     is_anomalous: bool
     confidence: float
-
-
-@dataclass(frozen=True)
-class Region:
-    """One connected defect region: bounding box and area in original-image pixels, normalised scores."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-    area: int
-    peak_score: float
-    mean_score: float
 
 
 @overload
@@ -80,14 +59,15 @@ def normalize(raw: np.ndarray | float, threshold: float, minimum: float, maximum
         t = cast(threshold)
         value_range = cast(maximum) - cast(minimum)
         if value_range == 0:
-            out = np.full(raw.shape, 0.5, dtype=raw.dtype)
-            out[raw > t] = 1
-            out[raw < t] = 0
-            return out
-        out = np.subtract(raw, t)
+            degenerate = np.full(raw.shape, 0.5, dtype=raw.dtype)
+            degenerate[raw > t] = 1
+            degenerate[raw < t] = 0
+            return degenerate
+        out: np.ndarray = np.subtract(raw, t)
         out /= value_range
         out += cast(0.5)
-        return np.clip(out, 0, 1, out=out)
+        np.clip(out, 0, 1, out=out)
+        return out
 
     return normalize_score(float(raw), threshold, minimum, maximum)
 
@@ -197,7 +177,8 @@ def find_regions(
 
     # Per-component sum and peak over the foreground pixels only (label 0 is the background).
     foreground = mask.ravel().view(np.bool_)
-    pixel_labels = labels.ravel()[foreground]
+    # OpenCV's stubs type every Mat as integers or floats; component labels are integers.
+    pixel_labels = typing.cast("npt.NDArray[np.integer[Any]]", labels.ravel()[foreground])
     pixel_scores = scores.ravel()[foreground]
     sums = np.bincount(pixel_labels, weights=pixel_scores, minlength=count)
     peaks = np.zeros(count, dtype=np.float32)
@@ -265,7 +246,8 @@ def _above(scores: np.ndarray, threshold: float) -> np.ndarray:
     limit = np.float32(threshold)
     if float(limit) > threshold:
         limit = np.nextafter(limit, np.float32(-np.inf))
-    return np.greater(scores, limit).view(np.uint8)
+    above: np.ndarray = np.greater(scores, limit)
+    return above.view(np.uint8)
 
 
 def _encode_png(image: np.ndarray) -> bytes:

@@ -30,6 +30,7 @@ from visinspect_api.model_repository import (
     IR_XML_FILENAME,
     METADATA_FILENAME,
     OVMS_CONFIG_FILENAME,
+    Calibration,
     MetadataError,
     ModelMetadata,
     file_sha256,
@@ -37,16 +38,18 @@ from visinspect_api.model_repository import (
     list_versions,
     read_metadata,
 )
-from visinspect_server.backend import InferenceBackend, ModelLoadError, ModelNotReadyError, ServedVersions
+from visinspect_server.backends.base import (
+    BackendFactory,
+    InferenceBackend,
+    ModelLoadError,
+    ModelNotReadyError,
+    ServedVersionsView,
+)
 from visinspect_server.errors import InvalidInputError, NotFoundError, UnavailableError
-from visinspect_server.postprocess import Calibration
 
 log = logging.getLogger(__name__)
 
-BackendFactory = Callable[[Path, ModelMetadata], InferenceBackend]
 Loaded = Mapping[str, Mapping[int, "LoadedModel"]]
-# (repository, versions on disk by model) -> what a model server serves of them, by model
-ModelServerView = Callable[[Path, Mapping[str, list[int]]], Mapping[str, ServedVersions]]
 RETRY_FIRST_S = 1.0  # a version the model server has not loaded yet: first retry, doubled up to RETRY_MAX_S
 RETRY_MAX_S = 30.0
 
@@ -64,8 +67,12 @@ class LoadedModel:
     name: str
     version: int
     metadata: ModelMetadata
-    calibration: Calibration
     backend: InferenceBackend
+
+    @property
+    def calibration(self) -> Calibration:
+        """How its raw scores become verdicts (the metadata's, checked finite with min <= max when read)."""
+        return self.metadata.calibration
 
 
 class ModelRegistry:
@@ -81,7 +88,7 @@ class ModelRegistry:
         on_change: Callable[[Loaded], Awaitable[None]] | None = None,
         on_rejected: Callable[[str], None] | None = None,
         on_repository: Callable[[bool], Awaitable[None]] | None = None,
-        served_versions: ModelServerView | None = None,
+        served_versions: ServedVersionsView | None = None,
     ) -> None:
         self._repository = repository
         self._factory = backend_factory
@@ -93,7 +100,7 @@ class ModelRegistry:
         self._served_versions = served_versions
         self._readable: bool | None = None  # unknown until the first scan
         self._loaded: Loaded = MappingProxyType({})
-        self._rejected: dict[tuple[str, int], tuple] = {}
+        self._rejected: dict[tuple[str, int], _Signature] = {}
         self._waiting: dict[tuple[str, int], _Retry] = {}
         self._retired: Mapping[str, frozenset[int]] = {}
         self._configs: dict[str, object] = {}
@@ -264,29 +271,21 @@ class ModelRegistry:
         if digest != metadata.ir_bin_sha256:
             raise ModelLoadError(f"{IR_BIN_FILENAME} does not match the metadata's sha256 (truncated or replaced)")
         backend = self._factory(folder, metadata)
-        warm_up = getattr(backend, "warm_up", None)
-        if warm_up is not None:
-            warm_up()
-        c = metadata.calibration
-        calibration = Calibration(
-            image_threshold=c.image_threshold,
-            pixel_threshold=c.pixel_threshold,
-            image_min=c.image_min,
-            image_max=c.image_max,
-            pixel_min=c.pixel_min,
-            pixel_max=c.pixel_max,
-        )
-        return LoadedModel(name=name, version=version, metadata=metadata, calibration=calibration, backend=backend)
+        backend.warm_up()
+        return LoadedModel(name=name, version=version, metadata=metadata, backend=backend)
 
 
 def _summary(loaded: Loaded) -> dict[str, list[int]]:
     return {name: sorted(versions) for name, versions in loaded.items()}
 
 
-def _signature(folder: Path) -> tuple:
+_Signature = tuple[tuple[str, int | None, int | None], ...]
+
+
+def _signature(folder: Path) -> _Signature:
     """What identifies a version folder's content cheaply: sizes and mtimes of its files and of the
     repository's config.json (which sets the precision a model server compiles it at)."""
-    entries = []
+    entries: list[tuple[str, int | None, int | None]] = []
     for path in (
         *(folder / name for name in (IR_XML_FILENAME, IR_BIN_FILENAME, METADATA_FILENAME)),
         folder.parent.parent / OVMS_CONFIG_FILENAME,

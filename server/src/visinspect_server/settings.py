@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
-Backend = Literal["embedded", "kserve"]
+from visinspect_api.ovms_config import PERFORMANCE_HINTS, PerformanceHint
+
+BackendName = Literal["embedded", "kserve"]  # the keys of visinspect_server.backends.BACKENDS
 ENV_PREFIX = "VISINSPECT_"
 
 
@@ -29,7 +30,7 @@ class ServerSettings:
     poll_interval_s: float = 5.0
     versions_per_model: int = 2
     performance_hint: PerformanceHint = "LATENCY"
-    backend: Backend = "embedded"
+    backend: BackendName = "embedded"
     ovms_address: str = "localhost:9000"
     ovms_timeout_s: float = 10.0
     cache_dir: Path = Path.home() / ".cache" / "visinspect" / "openvino"
@@ -50,6 +51,7 @@ class ServerSettings:
     auth_tokens_file: Path | None = None
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     max_concurrent_streams: int = 100
+    ready_file: Path | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -65,7 +67,7 @@ class ServerSettings:
             "batch_wait_ms": 0 <= self.batch_wait_ms <= 1000,
             "workers": self.workers >= 1,
             "shutdown_grace_s": self.shutdown_grace_s >= 0,
-            "performance_hint": self.performance_hint in ("LATENCY", "THROUGHPUT"),
+            "performance_hint": self.performance_hint in PERFORMANCE_HINTS,
             "backend": self.backend in ("embedded", "kserve"),
             "ovms_address": _is_host_port(self.ovms_address),
             "ovms_timeout_s": self.ovms_timeout_s > 0,
@@ -118,6 +120,8 @@ _HELP = {
     "auth_tokens": "comma-separated accepted bearer tokens (prefer the environment variable or the file: "
     "command lines are visible to other local users)",
     "max_concurrent_streams": "most concurrent calls (HTTP/2 streams) one client connection may open",
+    "ready_file": "once listening and the first repository scan is done, write a JSON object {pid, port, "
+    "metrics_port, host} to this file (atomically)",
 }
 
 
@@ -143,7 +147,16 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] = os.envi
     return ServerSettings(**values)  # type: ignore[arg-type]
 
 
-_PATHS = ("model_repository", "cache_dir", "image_root", "tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file")
+_PATHS = (
+    "model_repository",
+    "cache_dir",
+    "image_root",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "auth_tokens_file",
+    "ready_file",
+)
 
 
 def _convert(name: str, raw: str) -> object:  # noqa: PLR0911 - one return per setting type

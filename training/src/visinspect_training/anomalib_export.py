@@ -10,14 +10,14 @@ from anomalib.models.components import AnomalibModule
 
 from visinspect_api.model_repository import Calibration
 from visinspect_training.errors import TrainingError
-from visinspect_training.train import TrainedRun, build_module
+from visinspect_training.train import TrainedRun, build_module, post_processor
 
 
 def anomalib_module(run: TrainedRun, calibration: Calibration | None = None) -> AnomalibModule:
     """The run as anomalib's Lightning module, its post-processor holding ``calibration`` (default: the run's F1)."""
     module = build_module(run.config, pre_trained=False)
     module.model.load_state_dict(run.model.state_dict())
-    post = module.post_processor
+    post = post_processor(module)
     c = calibration or run.f1_calibration
     if c is None:
         raise TrainingError("no calibration for anomalib's post-processor: the run had no labelled validation split")

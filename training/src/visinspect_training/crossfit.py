@@ -26,10 +26,10 @@ import torch
 from anomalib.data.datasets.base.image import AnomalibDataset
 from torch import nn
 
+from visinspect_api.model_repository import InferencePrecision, IrPrecision
 from visinspect_training import ir
 from visinspect_training.data import PreparedData, fold_assignment
 from visinspect_training.evaluate import Scored, score_images, to_uint8_nhwc
-from visinspect_training.ir import InferencePrecisionName, IrPrecisionName
 
 if TYPE_CHECKING:
     from visinspect_training.train import TrainConfig
@@ -41,8 +41,8 @@ def out_of_fold_scores(
     config: TrainConfig,
     *,
     folds: int,
-    ir_precision: IrPrecisionName = "FP32",
-    precision: InferencePrecisionName = "f32",
+    ir_precision: IrPrecision = "FP32",
+    precision: InferencePrecision = "f32",
 ) -> Scored:
     """Score every good training image with a model fitted on the other folds (see the module docstring)."""
     family = config.family
@@ -80,7 +80,7 @@ def _embeddings(model: nn.Module, data: PreparedData, dataset: AnomalibDataset, 
 
 
 def _compiled(
-    graph: nn.Module, image_size: int, ir_precision: IrPrecisionName, precision: InferencePrecisionName
+    graph: nn.Module, image_size: int, ir_precision: IrPrecision, precision: InferencePrecision
 ) -> ov.CompiledModel:
     """The fold model saved and compiled at the served model's precisions."""
     model, _, _ = ir.convert(graph, image_size)

@@ -24,6 +24,7 @@ from anomalib.data.datasets.base.image import AnomalibDataset
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
+from visinspect_api.model_repository import DatasetKind
 from visinspect_training.defaults import DEFAULT_CALIBRATION_FOLDS, DEFAULT_CALIBRATION_FRACTION
 from visinspect_training.errors import ConfigError, DatasetError
 from visinspect_training.preprocess import ContractResize
@@ -31,9 +32,10 @@ from visinspect_training.synthetic import SyntheticSpec, SyntheticSpecError, gen
 
 log = logging.getLogger(__name__)
 
-DatasetKindName = Literal["synthetic", "mvtec", "folder"]
 ValSplitName = Literal["from_test", "same_as_test"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# anomalib's Folder annotates ``extensions`` as ``tuple[str]``; its docstring and code take ``tuple[str, ...]``.
+_FOLDER_EXTENSIONS: tuple[str] = IMAGE_EXTENSIONS  # type: ignore[assignment]
 _DOWNLOAD_PROBE_TIMEOUT_S = 5.0
 _DEFAULT_ROOTS = {"synthetic": "data/synthetic", "mvtec": "datasets/MVTecAD"}
 
@@ -53,7 +55,7 @@ class DatasetSpec:
     served model too, or, when ``calibration_dir`` is given, its images are scored by the served model.
     """
 
-    kind: DatasetKindName
+    kind: DatasetKind
     root: Path | None = None
     category: str | None = None
     normal_dir: Path | None = None
@@ -265,7 +267,7 @@ def _mvtec_layout(category_dir: Path, name: str, common: dict) -> AnomalibDataMo
         normal_dir=train_good,
         abnormal_dir=defects or None,
         normal_test_dir=normal_test if normal_test.is_dir() else None,
-        extensions=IMAGE_EXTENSIONS,
+        extensions=_FOLDER_EXTENSIONS,
         **common,
     )
 
@@ -284,7 +286,7 @@ def _folder(spec: DatasetSpec, common: dict) -> AnomalibDataModule:
         abnormal_dir=list(spec.abnormal_dirs) or None,
         normal_test_dir=spec.normal_test_dir,
         mask_dir=list(spec.mask_dirs) or None,
-        extensions=IMAGE_EXTENSIONS,
+        extensions=_FOLDER_EXTENSIONS,
         **common,
     )
 

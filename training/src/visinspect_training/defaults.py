@@ -6,11 +6,18 @@ The family is chosen by the comparison over MVTec screw, transistor, bottle and 
 
 from typing import Literal, get_args
 
-from visinspect_api.model_repository import ArchitectureName
+from visinspect_api.model_repository import (
+    ArchitectureName,
+    InferencePrecision,
+    IrPrecision,
+    ThresholdMethod,
+    WeightsSource,
+)
 
 DEFAULT_MODEL: ArchitectureName = "patchcore"
 MODEL_FAMILIES: tuple[ArchitectureName, ...] = get_args(ArchitectureName)
 DEFAULT_BACKBONE = "mobilenetv2_100"
+WEIGHTS_SOURCES: tuple[WeightsSource, ...] = get_args(WeightsSource)
 DEFAULT_LAYERS = ("blocks.1", "blocks.2", "blocks.4")  # PaDiM's
 # Per family, used when no layers are given: PatchCore takes mid-level features (strides 8 and 16, as
 # the paper's layer2 + layer3 of a ResNet).
@@ -36,4 +43,9 @@ DEFAULT_IMAGE_SCORE: ImageScoreName = "map_max"
 DEFAULT_CALIBRATION_FOLDS = 10
 DEFAULT_CALIBRATION_FRACTION = 0.0
 DEFAULT_TARGET_FALSE_REJECT_RATE = 0.01
-DEFAULT_THRESHOLD_METHOD = "false_reject_rate"
+THRESHOLD_METHODS: tuple[ThresholdMethod, ...] = get_args(ThresholdMethod)
+DEFAULT_THRESHOLD_METHOD: ThresholdMethod = "false_reject_rate"
+
+# Export: the IR's weight precision, and the precision servers must run it at.
+IR_PRECISIONS: tuple[IrPrecision, ...] = get_args(IrPrecision)
+INFERENCE_PRECISIONS: tuple[InferencePrecision, ...] = get_args(InferencePrecision)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import cv2
 import numpy as np
@@ -15,16 +15,16 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from visinspect_api.model_repository import Calibration, DefectTypeRecall, Evaluation
+from visinspect_api.model_repository import Calibration, DefectTypeRecall, Evaluation, InferencePrecision
 from visinspect_training.data import PreparedData, build_datamodule
 from visinspect_training.families import scoring_batch_size
-from visinspect_training.ir import AnomalibReference, InferencePrecisionName, compile_ir, infer, torch_infer
+from visinspect_training.ir import AnomalibReference, compile_ir, infer, torch_infer
 from visinspect_training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
 # What scores images: a compiled IR, or any function with ``ir.infer``'s signature (a graph in torch).
-ImageScorer = ov.CompiledModel | Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+ImageScorer: TypeAlias = ov.CompiledModel | Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 AUPRO_MAX_FPR = 0.3
 _AUPRO_STEPS = 200
@@ -133,7 +133,7 @@ def evaluate_ir(
     xml_path: Path,
     config: TrainConfig,
     calibration: Calibration,
-    precision: InferencePrecisionName,
+    precision: InferencePrecision,
     model: nn.Module | None = None,
 ) -> Evaluation:
     """Score the test split with the IR; compare with anomalib's torch model on identical inputs when given."""
@@ -151,7 +151,7 @@ def evaluate_test_split(
     compiled: ov.CompiledModel,
     data: PreparedData,
     calibration: Calibration,
-    precision: InferencePrecisionName,
+    precision: InferencePrecision,
     reference: AnomalibReference | None = None,
 ) -> tuple[Evaluation, TestPredictions]:
     """The metrics and the per-image predictions of the test split, scored once (and by ``reference``)."""
@@ -160,7 +160,7 @@ def evaluate_test_split(
 
 
 def predict_test_split(
-    xml_path: Path, config: TrainConfig, calibration: Calibration, precision: InferencePrecisionName
+    xml_path: Path, config: TrainConfig, calibration: Calibration, precision: InferencePrecision
 ) -> TestPredictions:
     """Every test image's raw and normalised score and raw anomaly map, from the IR."""
     loader = _prepare(config, config.batch_size).datamodule.test_dataloader()
@@ -244,7 +244,7 @@ def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = AUPRO_MAX_FPR) -
     return float(np.trapezoid(overlaps[keep], fprs[keep]) / max_fpr)
 
 
-def summarise(got: Scored, calibration: Calibration, precision: InferencePrecisionName) -> Evaluation:
+def summarise(got: Scored, calibration: Calibration, precision: InferencePrecision) -> Evaluation:
     """The test split's metrics at the calibrated threshold."""
     scores = got.raw_scores
     labels = got.is_anomalous

@@ -16,18 +16,21 @@ from visinspect_api.model_repository import (
     Backbone,
     DatasetInfo,
     Evaluation,
+    InferencePrecision,
+    IrPrecision,
     ModelMetadata,
     file_sha256,
     write_metadata,
 )
+from visinspect_api.ovms_config import PERFORMANCE_HINTS
 from visinspect_training import ir
 from visinspect_training.calibrate import ServedModel, ThresholdOptions, calibrate
 from visinspect_training.data import build_datamodule
+from visinspect_training.defaults import INFERENCE_PRECISIONS, IR_PRECISIONS
 from visinspect_training.errors import ConfigError
 from visinspect_training.evaluate import TestPredictions, anomalib_reference, evaluate_test_split
 from visinspect_training.families import scoring_batch_size
 from visinspect_training.repository import (
-    PERFORMANCE_HINTS,
     check_model_precision,
     publish,
     staging_folder,
@@ -37,8 +40,6 @@ from visinspect_training.train import TrainedRun
 
 log = logging.getLogger(__name__)
 
-IR_PRECISIONS = ("FP32", "FP16")
-INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 _INT8_REFUSAL = (
     "INT8 export is not supported: for PaDiM, anomalib's INT8 post-training quantisation also quantises "
     "the Gaussian (Mahalanobis) scoring, which collapses every score to zero; export FP32 (default) or FP16"
@@ -49,8 +50,8 @@ _INT8_REFUSAL = (
 class ExportOptions:
     """How to export: IR weight precision, the inference precision servers must use, thresholds, evaluation."""
 
-    ir_precision: str = "FP32"
-    inference_precision: str = "f32"
+    ir_precision: IrPrecision = "FP32"
+    inference_precision: InferencePrecision = "f32"
     evaluate: bool = True
     performance_hint: str = "LATENCY"
     threshold: ThresholdOptions = field(default_factory=ThresholdOptions)
@@ -94,18 +95,12 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
         family = config.family
         model, input_contract, outputs = ir.convert(family.serving_graph(run.model, config), config.image_size)
         xml_path = staged / IR_XML_FILENAME
-        ir.save(model, xml_path, options.ir_precision)  # type: ignore[arg-type]
+        ir.save(model, xml_path, options.ir_precision)
         precision = options.inference_precision
-        compiled = ir.compile_ir(xml_path, precision)  # type: ignore[arg-type]
+        compiled = ir.compile_ir(xml_path, precision)
         size = (config.image_size, config.image_size)
         data = build_datamodule(config.dataset, size, scoring_batch_size(run.model, config), config.num_workers)
-        served = ServedModel(
-            compiled,
-            run.model,
-            config,
-            options.ir_precision,  # type: ignore[arg-type]
-            precision,  # type: ignore[arg-type]
-        )
+        served = ServedModel(compiled, run.model, config, options.ir_precision, precision)
         calibration = calibrate(served, data, config.dataset, options.threshold, run.f1_calibration)
         for warning in calibration.warnings:
             log.info("%s", warning)
@@ -116,7 +111,7 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
                 compiled,
                 data,
                 calibration,
-                precision,  # type: ignore[arg-type]
+                precision,
                 anomalib_reference(run.model, config),
             )
         metadata = ModelMetadata(
@@ -141,8 +136,8 @@ def export_run(run: TrainedRun, repository: Path, options: ExportOptions | None 
                 seed=config.dataset.seed,
                 counts=run.counts,
             ),
-            inference_precision=options.inference_precision,  # type: ignore[arg-type]
-            ir_precision=options.ir_precision,  # type: ignore[arg-type]
+            inference_precision=options.inference_precision,
+            ir_precision=options.ir_precision,
             ir_bin_sha256=file_sha256(staged / IR_BIN_FILENAME),
             software=_software_versions(),
             evaluation=evaluation,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import openvino as ov
@@ -20,17 +19,18 @@ from anomalib.models.components.filters import GaussianBlur2d
 from torch import nn
 from torch.nn import functional
 
-from visinspect_api.model_repository import InputContract, OutputContract
+from visinspect_api.model_repository import InferencePrecision, InputContract, IrPrecision, OutputContract
 
 INPUT_NAME = "image"
-IrPrecisionName = Literal["FP32", "FP16"]
-InferencePrecisionName = Literal["f32", "bf16", "f16"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ContractInput(nn.Module):
     """uint8 RGB NHWC in; ImageNet-normalised float NCHW for the backbone, computed inside the graph."""
+
+    scale: torch.Tensor  # buffers
+    shift: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,6 +65,9 @@ class AnomalibReference(nn.Module):
 
 class SeparableGaussianBlur(nn.Module):
     """anomalib's ``GaussianBlur2d`` (one channel) as a vertical then a horizontal 1-D convolution."""
+
+    vertical: torch.Tensor  # buffers
+    horizontal: torch.Tensor
 
     def __init__(self, blur: GaussianBlur2d) -> None:
         super().__init__()
@@ -148,12 +151,12 @@ def convert(graph: nn.Module, image_size: int) -> tuple[ov.Model, InputContract,
     return model, contract, outputs
 
 
-def save(model: ov.Model, xml_path: Path, precision: IrPrecisionName) -> None:
+def save(model: ov.Model, xml_path: Path, precision: IrPrecision) -> None:
     """Write ``model.xml``/``model.bin``; FP16 compresses the weights, FP32 keeps them exact."""
     ov.save_model(model, xml_path, compress_to_fp16=precision == "FP16")
 
 
-def compile_ir(xml_path: Path, precision: InferencePrecisionName, hint: str = "THROUGHPUT") -> ov.CompiledModel:
+def compile_ir(xml_path: Path, precision: InferencePrecision, hint: str = "THROUGHPUT") -> ov.CompiledModel:
     """Compile for the CPU at an explicit inference precision (never the plugin's silent bf16 default)."""
     core = ov.Core()
     return core.compile_model(xml_path, "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint})

@@ -25,12 +25,17 @@ from visinspect_api.model_repository import (
     list_versions,
     read_metadata,
 )
-from visinspect_api.ovms_config import PERFORMANCE_HINT, PRECISION_HINT, ModelServingConfig, read_ovms_config
+from visinspect_api.ovms_config import (
+    PERFORMANCE_HINT,
+    PERFORMANCE_HINTS,
+    PRECISION_HINT,
+    ModelServingConfig,
+    read_ovms_config,
+)
 from visinspect_training.errors import RepositoryError
 
 log = logging.getLogger(__name__)
 
-PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 SERVED_VERSIONS = 2  # the previous version stays loaded while servers switch to the new one
 
 

@@ -132,7 +132,7 @@ def make_good_image(texture: str, image_size: int, rng: np.random.Generator) -> 
     """Return one defect-free RGB image: a tinted texture crop with mild random augmentation."""
     source = _tinted_texture(texture)
     crop = _random_crop(source, rng)
-    image = cv2.resize(crop, (image_size, image_size), interpolation=cv2.INTER_AREA)
+    image = np.asarray(cv2.resize(crop, (image_size, image_size), interpolation=cv2.INTER_AREA), dtype=np.float32)
     if rng.random() < 0.5:
         image = image[:, ::-1]
     if rng.random() < 0.5:

@@ -17,11 +17,13 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from anomalib.data.utils.tiler import Tiler
 from anomalib.models.components import AnomalibModule
+from anomalib.models.components.feature_extractors import TimmFeatureExtractor
+from anomalib.post_processing import PostProcessor
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import Callback
 from rich.progress import Progress
@@ -58,6 +60,8 @@ from visinspect_training.weights import (
 log = logging.getLogger(__name__)
 
 RUN_INFO_FILENAME = "run.json"
+# anomalib's calibration: the F1-adaptive thresholds and the normalisation range of the post-processor.
+_F1_NUMBERS = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,13 @@ def _check_config(config: TrainConfig) -> None:
     check_backbone(config.backbone, config.weights.source)
 
 
+@runtime_checkable
+class _Tileable(Protocol):
+    """anomalib's torch models that tile their input when given a ``tiler`` (PaDiM's and PatchCore's)."""
+
+    tiler: Tiler | None
+
+
 def build_module(config: TrainConfig, pre_trained: bool | None = None) -> AnomalibModule:
     """anomalib's Lightning module of the run's family (hub weights only when the run asks for them)."""
     hub = config.weights.source == "hub" if pre_trained is None else pre_trained
@@ -180,8 +191,19 @@ def build_module(config: TrainConfig, pre_trained: bool | None = None) -> Anomal
             ) from exc
         raise
     if config.tiles > 1:  # anomalib's models tile their input, embed every tile and stitch the embeddings
-        module.model.tiler = Tiler(tile_size=config.tile_size, stride=config.tile_size)
+        model = module.model
+        if not isinstance(model, _Tileable):
+            raise ConfigError(f"{config.model} models cannot be tiled")
+        model.tiler = Tiler(tile_size=config.tile_size, stride=config.tile_size)
     return module
+
+
+def post_processor(module: AnomalibModule) -> PostProcessor:
+    """anomalib's post-processor of ``module``: its thresholds and normalisation range are the run's F1 calibration."""
+    post = module.post_processor
+    if not isinstance(post, PostProcessor):
+        raise TrainingError(f"{type(module).__name__} has no anomalib PostProcessor (it has {type(post).__name__})")
+    return post
 
 
 def _load_weights(model: nn.Module, config: TrainConfig) -> str | None:
@@ -192,7 +214,10 @@ def _load_weights(model: nn.Module, config: TrainConfig) -> str | None:
     path = fetch_builtin_weights(config.backbone) if spec.source == "builtin" else spec.file
     assert path is not None  # WeightsSpec guarantees a file for source 'file'
     state = load_state_dict(path, spec.file_sha256)
-    used = load_into_backbone(model.feature_extractor.feature_extractor, config.backbone, state)
+    extractor = model.feature_extractor
+    if not isinstance(extractor, TimmFeatureExtractor):
+        raise TrainingError(f"the {config.model} model has no timm feature extractor to load weights into")
+    used = load_into_backbone(extractor.feature_extractor, config.backbone, state)
     log.info("loaded %d backbone tensors from %s", used, path)
     return file_sha256(path)
 
@@ -211,25 +236,27 @@ def _engine(run_dir: Path, callbacks: list[Callback]) -> Any:
 
 
 def _f1_calibration(model: AnomalibModule, dataset: DatasetSpec) -> Calibration | None:
-    post = model.post_processor
-    values = {
-        "image_threshold": float(post.image_threshold),
-        "pixel_threshold": float(post.pixel_threshold),
-        "image_min": float(post.image_min),
-        "image_max": float(post.image_max),
-        "pixel_min": float(post.pixel_min),
-        "pixel_max": float(post.pixel_max),
-    }
-    missing = [name for name, value in values.items() if math.isnan(value)]  # never fitted
-    if missing:
-        log.info("no F1 calibration (%s not computed): no labelled validation split", ", ".join(missing))
-        return None
+    post = post_processor(model)
     source = (
         f"{dataset.val_split} validation split (ratio {dataset.val_ratio}, seed {dataset.seed})"
         if dataset.val_split == "from_test"
         else "the test split itself (same_as_test)"
     )
-    return Calibration(**values, source=source, overlaps_test=dataset.calibration_overlaps_test)
+    calibration = Calibration(
+        image_threshold=float(post.image_threshold),
+        pixel_threshold=float(post.pixel_threshold),
+        image_min=float(post.image_min),
+        image_max=float(post.image_max),
+        pixel_min=float(post.pixel_min),
+        pixel_max=float(post.pixel_max),
+        source=source,
+        overlaps_test=dataset.calibration_overlaps_test,
+    )
+    missing = [name for name in _F1_NUMBERS if math.isnan(getattr(calibration, name))]  # never fitted
+    if missing:
+        log.info("no F1 calibration (%s not computed): no labelled validation split", ", ".join(missing))
+        return None
+    return calibration
 
 
 def _new_run_dir(runs_root: Path, model_name: str) -> Path:
@@ -277,9 +304,15 @@ def _f1_from_dict(data: dict[str, Any] | None) -> Calibration | None:
     """The run's F1 calibration: its six numbers and where they came from (no score distributions)."""
     if data is None:
         return None
-    names = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
     return Calibration(
-        **{name: float(data[name]) for name in names}, source=data["source"], overlaps_test=data["overlaps_test"]
+        image_threshold=float(data["image_threshold"]),
+        pixel_threshold=float(data["pixel_threshold"]),
+        image_min=float(data["image_min"]),
+        image_max=float(data["image_max"]),
+        pixel_min=float(data["pixel_min"]),
+        pixel_max=float(data["pixel_max"]),
+        source=data["source"],
+        overlaps_test=data["overlaps_test"],
     )
 
 

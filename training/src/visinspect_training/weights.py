@@ -14,18 +14,15 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import timm
 import torch
 from torch import nn
 
-from visinspect_api.model_repository import file_sha256
+from visinspect_api.model_repository import WeightsSource, file_sha256
 from visinspect_training.errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
-
-WeightsSourceName = Literal["builtin", "hub", "file", "random"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +64,7 @@ BUILTIN_WEIGHTS: dict[str, BuiltinWeights] = {
 class WeightsSpec:
     """Where the backbone's weights come from; chosen explicitly, never a silent fallback."""
 
-    source: WeightsSourceName = "builtin"
+    source: WeightsSource = "builtin"
     file: Path | None = None
     file_sha256: str | None = None
 
@@ -83,7 +80,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "visinspect"
 
 
-def check_backbone(backbone: str, source: WeightsSourceName) -> None:
+def check_backbone(backbone: str, source: WeightsSource) -> None:
     """Refuse an unknown backbone, or a built-in source for a backbone we ship no weights for."""
     if not timm.is_model(backbone):
         raise ConfigError(

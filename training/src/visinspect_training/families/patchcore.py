@@ -16,6 +16,7 @@ anomalib's ``KCenterGreedy``, fast enough for 2 cores). The exported graph compu
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -65,8 +66,29 @@ def patch_embedding(model: PatchcoreModel, images: torch.Tensor) -> torch.Tensor
 class FastCoresetPatchcore(Patchcore):
     """anomalib's ``Patchcore`` with its coreset selected by :func:`memory_bank` (seeded)."""
 
-    def __init__(self, *, seed: int, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        *,
+        seed: int,
+        backbone: str,
+        layers: Sequence[str],
+        pre_trained: bool,
+        coreset_sampling_ratio: float,
+        num_neighbors: int,
+        pre_processor: nn.Module | bool = True,
+        evaluator: bool = True,
+        visualizer: bool = True,
+    ) -> None:
+        super().__init__(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            coreset_sampling_ratio=coreset_sampling_ratio,
+            num_neighbors=num_neighbors,
+            pre_processor=pre_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
         self.seed = seed
 
     def fit(self) -> None:
@@ -81,6 +103,9 @@ class FastCoresetPatchcore(Patchcore):
 
 class ServingPatchcore(nn.Module):
     """The exported graph: anomalib's PatchCore computation with a matmul nearest-neighbour search."""
+
+    bank_transposed: torch.Tensor  # buffers
+    bank_squared: torch.Tensor
 
     def __init__(self, model: PatchcoreModel, image_score: ImageScoreName) -> None:
         super().__init__()

@@ -9,16 +9,13 @@ import grpc
 
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_api.v1 import inspection_pb2_grpc as pb_grpc
-from visinspect_server import converters
 from visinspect_server.drain import GRACE_OVER, CallGate
 from visinspect_server.errors import UnavailableError
-from visinspect_server.grpc_errors import status_of, unary_rpc
+from visinspect_server.grpc import converters
+from visinspect_server.grpc.errors import status_of, unary_rpc
 from visinspect_server.observability import Metrics, new_request_id, request_id_var
 from visinspect_server.pipeline import Detection, InspectionPipeline
 from visinspect_server.registry import ModelRegistry
-
-_STAGES = ("decode", "preprocess", "inference", "postprocess")
-
 
 STREAM_DRAINED = (
     "the server is shutting down: every frame it read was answered, later frames were not read; "
@@ -131,16 +128,7 @@ class InspectionServicer(pb_grpc.InspectionServiceServicer):
 
     async def _detect(self, request: pb.DetectRequest) -> Detection:
         source, options = converters.detect_request(request)
-        detection = await self.pipeline.detect(source, options)
-        timing = detection.timing
-        for stage, ms in zip(
-            _STAGES, (timing.decode_ms, timing.preprocess_ms, timing.inference_ms, timing.postprocess_ms), strict=True
-        ):
-            self.metrics.stage.labels(stage).observe(ms / 1e3)
-        self.metrics.scores.labels(detection.model).observe(detection.verdict.score)
-        if detection.verdict.is_anomalous:
-            self.metrics.anomalies.labels(detection.model).inc()
-        return detection
+        return await self.pipeline.detect(source, options)
 
     async def _stream_item(self, request: pb.DetectRequest, request_id: str) -> Detection:
         request_id_var.set(request_id)  # the task runs in a copy of the context: this id stays with it

@@ -1,4 +1,4 @@
-"""The one place where exceptions become gRPC statuses (and requests are counted and timed)."""
+"""The one place where exceptions become gRPC statuses (and unary calls are counted and timed)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,27 @@ from typing import Any, TypeVar
 import grpc
 
 from visinspect_server.drain import GRACE_OVER, CallGate
-from visinspect_server.errors import InspectionError
+from visinspect_server.errors import ErrorKind, InspectionError
 from visinspect_server.observability import Metrics, new_request_id, request_id_var
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
 INTERNAL_MESSAGE = "internal error; the server log has the details (request id {request_id})"
+STATUS_OF_KIND: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Map an exception to the status and message a caller sees; unexpected ones are logged in full."""
     if isinstance(exc, InspectionError):
-        return exc.code, str(exc)
+        return STATUS_OF_KIND[exc.kind], str(exc)
     if isinstance(exc, TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "the request did not finish before its deadline"
     log.error("unexpected error", exc_info=exc)

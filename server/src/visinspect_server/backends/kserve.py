@@ -14,8 +14,8 @@ asks the model server for exactly that model name and version.
   file OVMS compiles from is checked); the version must be ready, and its metadata (input/output names,
   shapes with -1 for the dynamic batch, datatypes) must match ``visinspect-metadata.json``; one warm-up
   inference checks the output shapes. A version the model server has not loaded yet, or an unreachable
-  server, raises :class:`~visinspect_server.backend.ModelNotReadyError` (the registry tries again with
-  back-off); a mismatch raises :class:`~visinspect_server.backend.ModelLoadError` (rejected).
+  server, raises :class:`~visinspect_server.backends.base.ModelNotReadyError` (the registry tries again with
+  back-off); a mismatch raises :class:`~visinspect_server.backends.base.ModelLoadError` (rejected).
 - Requests share one channel (:class:`KServeConnection`, created on the event loop at first use)
   with keep-alive and short reconnect back-off, so it recovers by itself after the model server
   restarts. Tensors travel as raw binary contents; every call has a deadline.
@@ -28,9 +28,10 @@ asks the model server for exactly that model name and version.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -39,8 +40,11 @@ from tritonclient.utils import InferenceServerException
 
 from visinspect_api.model_repository import MetadataError, ModelMetadata, list_versions
 from visinspect_api.ovms_config import read_ovms_config
-from visinspect_server.backend import ModelLoadError, ModelNotReadyError, RawOutput, ServedVersions
+from visinspect_server.backends.base import ModelLoadError, ModelNotReadyError, RawOutput, Readiness, ServedVersions
 from visinspect_server.errors import InspectionError, NotFoundError, ResourceExhaustedError, UnavailableError
+
+if TYPE_CHECKING:
+    from visinspect_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,11 @@ class KServeOptions:
     keepalive_timeout_ms: int = 10_000
     max_reconnect_backoff_ms: int = 2_000
 
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> KServeOptions:
+        """This backend's group of the server's settings."""
+        return cls(settings.ovms_address, settings.ovms_timeout_s, settings.max_message_bytes)
+
     def channel_args(self) -> list[tuple[str, int]]:
         """gRPC channel options: message sizes, keep-alive, and quick reconnects after a restart."""
         return [
@@ -74,7 +83,9 @@ class KServeOptions:
 
 
 class KServeConnection:
-    """The one channel every version's backend shares, plus readiness probes for health."""
+    """``--backend kserve``: the one channel every version's backend shares, plus readiness probes for health."""
+
+    probes_readiness = True
 
     def __init__(self, options: KServeOptions) -> None:
         self.options = options
@@ -84,6 +95,11 @@ class KServeConnection:
     def address(self) -> str:
         """``host:port`` of the model server."""
         return self.options.address
+
+    @property
+    def location(self) -> str:
+        """How log lines name the model server."""
+        return f"inference backend at {self.options.address}"
 
     def client(self) -> aioclient.InferenceServerClient:
         """The shared asyncio client; created on first use, on the running event loop."""
@@ -109,9 +125,15 @@ class KServeConnection:
             if name in config
         }
 
-    def backend_factory(self) -> Callable[[Path, ModelMetadata], KServeBackend]:
-        """What the registry calls (in a worker thread) to load one version."""
-        return lambda folder, metadata: KServeBackend(self, folder, metadata)
+    def load(self, version_dir: Path, metadata: ModelMetadata) -> KServeBackend:
+        """Check one version the model server serves against its metadata (blocking: the registry's worker thread)."""
+        return KServeBackend(self, version_dir, metadata)
+
+    async def readiness(self, loaded: Mapping[str, Collection[int]]) -> Readiness:
+        """ServerReady, then ModelReady of each loaded model's newest version (only while the server is ready)."""
+        if not await self.server_ready():
+            return Readiness(server=False)
+        return Readiness(True, {name: await self.model_ready(name, max(versions)) for name, versions in loaded.items()})
 
     async def server_ready(self) -> bool:
         """Whether the model server answers ServerReady with ready=true within the deadline."""
@@ -229,7 +251,7 @@ class KServeBackend:
             return f"inference backend at {self._connection.address} is unavailable ({exc.message()})"
         return f"{status}: {exc.message()}"
 
-    def _contract_problems(self, remote: dict) -> list[str]:
+    def _contract_problems(self, remote: dict[str, Any]) -> list[str]:
         height, width = self._input.height, self._input.width
         expected_inputs = {self._input.name: ("UINT8", [-1, height, width, 3])}
         expected_outputs = {
@@ -293,6 +315,9 @@ class KServeBackend:
             scores=scores.astype(np.float32, copy=False),
         )
 
+    def warm_up(self, max_batch: int = 1) -> None:
+        """Nothing more: loading ran one inference already; the model server compiles each batch size itself."""
+
     def close(self) -> None:
         """Nothing per version: the channel is shared and closed by its :class:`KServeConnection`."""
 
@@ -310,3 +335,8 @@ def _retired(repository: Path, name: str, version: int) -> bool:
 
 def _format(tensors: dict[str, tuple[str, list[int]]]) -> str:
     return ", ".join(f"{name} {dtype} {shape}" for name, (dtype, shape) in sorted(tensors.items(), key=str)) or "none"
+
+
+def create(settings: ServerSettings) -> KServeConnection:
+    """The factory entry of ``--backend kserve``."""
+    return KServeConnection(KServeOptions.from_settings(settings))

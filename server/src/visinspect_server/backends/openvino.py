@@ -1,57 +1,25 @@
-"""Inference backends behind one small Protocol: in-process OpenVINO here; OVMS (KServe v2) plugs in too."""
+"""The embedded backend (``--backend embedded``, the default): OpenVINO in this process."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import openvino as ov
 
 from visinspect_api.model_repository import IR_XML_FILENAME, ModelMetadata
+from visinspect_server.backends.base import ModelLoadError, RawOutput, Readiness, ServedVersions, all_versions
 from visinspect_server.errors import InspectionError
 
+if TYPE_CHECKING:
+    from visinspect_server.settings import ServerSettings
+
 log = logging.getLogger(__name__)
-
-
-class ModelLoadError(Exception):
-    """A model version cannot be served: bad IR, contract mismatch, compile failure."""
-
-
-class ModelNotReadyError(ModelLoadError):
-    """The model server has not loaded the version yet (or is unreachable): worth trying again later."""
-
-
-@dataclass(frozen=True)
-class ServedVersions:
-    """Of a model's versions on disk, those a model server serves, and the configuration it compiles them
-    with: when that changes between two scans the model server reloads them, so they are checked again."""
-
-    versions: list[int]
-    config: object = None
-
-
-@dataclass(frozen=True)
-class RawOutput:
-    """Raw model outputs for a batch: anomaly maps [N, H, W] and image scores [N], float32."""
-
-    anomaly_maps: np.ndarray
-    scores: np.ndarray
-
-
-class InferenceBackend(Protocol):
-    """Runs one model version. ``infer`` takes a uint8 NHWC RGB batch at the model's input size."""
-
-    async def infer(self, images: np.ndarray) -> RawOutput:
-        """Run the batch and return its raw outputs."""
-        ...
-
-    def close(self) -> None:
-        """Release resources; in-flight calls may still complete."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +29,39 @@ class OpenVINOOptions:
     performance_hint: str = "LATENCY"
     cache_dir: Path | None = None
     device: str = "CPU"
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> OpenVINOOptions:
+        """This backend's group of the server's settings."""
+        return cls(performance_hint=settings.performance_hint, cache_dir=settings.cache_dir)
+
+
+class EmbeddedBackend:
+    """One OpenVINO core for the process; every version compiles on it. Always ready: nothing to probe."""
+
+    location = "OpenVINO in this process"
+    probes_readiness = False
+
+    def __init__(self, options: OpenVINOOptions, core: ov.Core | None = None) -> None:
+        self.options = options
+        self._core = ov.Core() if core is None else core
+
+    def load(self, version_dir: Path, metadata: ModelMetadata) -> OpenVINOBackend:
+        return OpenVINOBackend(version_dir, metadata, self.options, self._core)
+
+    def served_versions(self, repository: Path, on_disk: Mapping[str, list[int]]) -> dict[str, ServedVersions]:
+        return all_versions(repository, on_disk)
+
+    async def readiness(self, loaded: Mapping[str, Collection[int]]) -> Readiness:  # noqa: ARG002 - the Protocol's
+        return Readiness()
+
+    async def close(self) -> None:
+        """Nothing process-wide to release: each version closes its own infer queue."""
+
+
+def create(settings: ServerSettings) -> EmbeddedBackend:
+    """The factory entry of ``--backend embedded``."""
+    return EmbeddedBackend(OpenVINOOptions.from_settings(settings))
 
 
 class OpenVINOBackend:
@@ -113,7 +114,10 @@ class OpenVINOBackend:
         self._queue.wait_all()
 
 
-def _on_done(request: ov.InferRequest, userdata: tuple) -> None:
+_Pending = tuple[asyncio.AbstractEventLoop, "asyncio.Future[RawOutput | BaseException]", np.ndarray]
+
+
+def _on_done(request: ov.InferRequest, userdata: _Pending) -> None:
     loop, future, _images = userdata  # the images ride along so their buffer outlives the request
     try:
         maps = request.get_output_tensor(0).data
@@ -126,7 +130,7 @@ def _on_done(request: ov.InferRequest, userdata: tuple) -> None:
     loop.call_soon_threadsafe(_resolve, future, outcome)
 
 
-def _resolve(future: asyncio.Future, outcome: object) -> None:
+def _resolve(future: asyncio.Future[RawOutput | BaseException], outcome: RawOutput | BaseException) -> None:
     if not future.done():
         future.set_result(outcome)
 

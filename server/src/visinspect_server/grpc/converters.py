@@ -3,31 +3,26 @@
 from __future__ import annotations
 
 from visinspect_api.calibration import ScoreSample
+from visinspect_api.detection import DetectOptions
 from visinspect_api.model_repository import ModelMetadata
 from visinspect_api.v1 import inspection_pb2 as pb
 from visinspect_server.errors import InvalidInputError
-from visinspect_server.pipeline import Detection, DetectOptions, ImageSource, RawPixels
+from visinspect_server.pipeline import Detection, EncodedImage, ImagePath, ImageSource, RawPixels
 from visinspect_server.registry import Loaded
 
 
 def detect_request(request: pb.DetectRequest) -> tuple[ImageSource, DetectOptions]:
     """Read a DetectRequest into the pipeline's input and options."""
     kind = request.image.WhichOneof("source")
+    source: ImageSource
     if kind == "encoded":
-        source = ImageSource(encoded=request.image.encoded)
+        source = EncodedImage(request.image.encoded)
     elif kind == "raw":
         raw = request.image.raw
-        source = ImageSource(
-            raw=RawPixels(
-                data=raw.data,
-                height=raw.height,
-                width=raw.width,
-                channels=raw.channels,
-                bgr=raw.channel_order == pb.CHANNEL_ORDER_BGR,
-            )
-        )
+        bgr = raw.channel_order == pb.CHANNEL_ORDER_BGR
+        source = RawPixels(data=raw.data, height=raw.height, width=raw.width, channels=raw.channels, bgr=bgr)
     elif kind == "path":
-        source = ImageSource(path=request.image.path)
+        source = ImagePath(request.image.path)
     else:
         raise InvalidInputError("the request has no image: set image.encoded, image.raw or image.path")
     extras = request.extras
@@ -38,7 +33,7 @@ def detect_request(request: pb.DetectRequest) -> tuple[ImageSource, DetectOption
         anomaly_map=extras.anomaly_map,
         mask=extras.mask,
         regions=extras.regions,
-        original_size_maps=extras.map_size == pb.MAP_SIZE_ORIGINAL,
+        map_size="original" if extras.map_size == pb.MAP_SIZE_ORIGINAL else "model",
     )
     return source, options
 
