@@ -41,14 +41,14 @@ def request_(synthetic_category: Path) -> pb.DetectRequest:
 
 
 def requests_counted(server: InProcessServer, method: str, code: grpc.StatusCode) -> float:
-    value = server.server.metrics.registry.get_sample_value(
+    value = server.server.runtime.metrics.registry.get_sample_value(
         "visinspect_requests_total", {"method": method, "code": code.name}
     )
     return value or 0.0
 
 
 def in_flight(server: InProcessServer) -> int:
-    return server.call(lambda: server.server.gate.in_flight)
+    return server.call(lambda: server.server.runtime.gate.in_flight)
 
 
 def feed(frames: queue.Queue) -> Iterator[pb.DetectRequest]:
@@ -102,7 +102,7 @@ def test_the_drain_finishes_calls_in_flight_and_the_server_refuses_new_ones(repo
     assert requests_counted(server, "Detect", UNAVAILABLE) == 2
     assert requests_counted(server, "DetectStream", UNAVAILABLE) == 2
     assert requests_counted(server, "Detect", grpc.StatusCode.CANCELLED) == 0
-    assert server.server.metrics.registry.get_sample_value("visinspect_calls_in_flight") == 0
+    assert server.server.runtime.metrics.registry.get_sample_value("visinspect_calls_in_flight") == 0
 
 
 def test_a_stream_answers_every_frame_it_read_then_ends_unavailable(repository, request_) -> None:
@@ -117,7 +117,7 @@ def test_a_stream_answers_every_frame_it_read_then_ends_unavailable(repository, 
             frames.put(pb.DetectRequest(request_id=f"frame-{index}", image=request_.image))
         wait_for(lambda: gate.held_images >= 1, 60, "a frame at the backend")
         stopping = server.begin_stop()
-        wait_for(lambda: not server.call(lambda: server.server.gate.is_open), 30, "the drain to begin")
+        wait_for(lambda: not server.call(lambda: server.server.runtime.gate.is_open), 30, "the drain to begin")
         frames.put(pb.DetectRequest(request_id="frame-late", image=request_.image))  # never read
         gate.open()
         received = []
@@ -167,7 +167,7 @@ def test_a_call_whose_deadline_passes_in_a_full_queue_is_dropped_before_inferenc
     gate = Gate(is_open=False)
     with InProcessServer(repository, gate) as server, grpc.insecure_channel(server.address) as channel:
         stub = InspectionServiceStub(channel)
-        slots = server.call(lambda: server.server.registry.resolve("brick").backend.backend.jobs)
+        slots = server.call(lambda: server.server.runtime.registry.resolve("brick").backend.backend.jobs)
         held = []
         for busy in range(1, slots + 1):  # one call per backend slot, each its own batch: every slot taken
             held.append(stub.Detect.future(request_, timeout=120))

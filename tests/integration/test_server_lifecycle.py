@@ -219,7 +219,9 @@ def test_a_call_in_flight_across_a_swap_finishes_on_the_version_it_started_on(
         before = stub.Detect.future(request, timeout=120)
         wait_for(lambda: gate.held_images == 1, 60, "the call inside version 1's inference")
         copy_version(exported_other_weights.version_dir, repository / "brick" / "2")
-        wait_for(lambda: server.call(lambda: sorted(server.server.registry.loaded["brick"])) == [2], 60, "the swap")
+        wait_for(
+            lambda: server.call(lambda: sorted(server.server.runtime.registry.loaded["brick"])) == [2], 60, "the swap"
+        )
         after = stub.Detect.future(request, timeout=120)
         wait_for(lambda: gate.held_images == 2, 60, "a new call inside version 2's inference")
         gate.open()

@@ -63,7 +63,7 @@ def test_the_embedded_server_never_imports_the_model_server_client(tmp_path: Pat
         from visinspect_server.settings import ServerSettings
         server = app.InspectionServer(ServerSettings(model_repository=Path({str(tmp_path)!r})))
         loaded = sorted(name for name in list(sys.modules) if name.split(".")[0] == "tritonclient")
-        print(type(server.backend).__name__, loaded)
+        print(type(server.runtime.backend).__name__, loaded)
     """)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["EmbeddedBackend", "[]"]
@@ -104,3 +104,22 @@ def test_a_missing_dependency_of_the_base_install_is_not_blamed_on_an_extra(
     monkeypatch.setitem(BACKENDS, "embedded", ("visinspect_server.backends.no_such_module", ""))
     with pytest.raises(ModuleNotFoundError):
         create_backend(ServerSettings(model_repository=tmp_path))
+
+
+def test_the_embedded_backend_neither_forks_nor_loads_openvino_telemetry(tmp_path: Path) -> None:
+    """openvino's import would fork a telemetry sender off a thread: a server must not (see backends/openvino.py)."""
+    done = run_python(f"""
+        import os, sys, threading
+        forks = []
+        os.register_at_fork(before=lambda: forks.append(1))
+        from pathlib import Path
+        from visinspect_server.backends import create_backend
+        from visinspect_server.settings import ServerSettings
+        create_backend(ServerSettings(model_repository=Path({str(tmp_path)!r})))
+        for thread in threading.enumerate():  # the telemetry sender runs in a pool thread: let them finish
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join(5)
+        print(len(forks), sys.modules.get("openvino_telemetry"))
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "None"]

@@ -156,7 +156,7 @@ def test_a_new_version_is_swapped_in_and_pinned_calls_still_reach_the_old_one(
 
 def served(server: InProcessServer) -> dict[str, list[int]]:
     """The registry's loaded versions, read on the server's loop."""
-    return server.call(lambda: {name: sorted(v) for name, v in server.server.registry.loaded.items()})
+    return server.call(lambda: {name: sorted(v) for name, v in server.server.runtime.registry.loaded.items()})
 
 
 def wait_until_served(server: InProcessServer, expected: dict[str, list[int]]) -> None:

@@ -6,12 +6,8 @@ import logging
 import time
 
 from visinspect_server.backends.base import Backend, BackendFactory
-from visinspect_server.drain import CallGate
-from visinspect_server.grpc.health import HealthService
 from visinspect_server.grpc.security import ServerSecurity
 from visinspect_server.grpc.server import GrpcFrontDoor
-from visinspect_server.observability import Metrics
-from visinspect_server.registry import ModelRegistry
 from visinspect_server.runtime import InspectionRuntime
 from visinspect_server.settings import ServerSettings
 
@@ -44,37 +40,12 @@ class InspectionServer:
         """The bound gRPC port (0 before :meth:`start`)."""
         return self.grpc.port
 
-    @property
-    def registry(self) -> ModelRegistry:
-        """The runtime's model registry."""
-        return self.runtime.registry
-
-    @property
-    def metrics(self) -> Metrics:
-        """The runtime's Prometheus metrics."""
-        return self.runtime.metrics
-
-    @property
-    def gate(self) -> CallGate:
-        """The runtime's call admission (closed by the drain)."""
-        return self.runtime.gate
-
-    @property
-    def backend(self) -> Backend:
-        """The process-wide inference backend."""
-        return self.runtime.backend
-
-    @property
-    def health(self) -> HealthService:
-        """The gRPC health service."""
-        return self.grpc.health
-
     async def start(self) -> None:
         """Bind the ports, report NOT_SERVING, load the models, then report SERVING per model."""
         settings = self.settings
         await self.grpc.start()
         if settings.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
+            self.metrics_port = self.runtime.metrics.serve(settings.host, settings.metrics_port)
         log.info("listening on port %d; metrics on port %d", self.port, self.metrics_port)
         await self.runtime.start()
 
@@ -88,7 +59,7 @@ class InspectionServer:
         """
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         log.info("shutting down: draining in-flight requests for up to %.1f s", self.settings.shutdown_grace_s)
-        self.gate.close()
+        self.runtime.gate.close()
         await self.grpc.enter_graceful_shutdown()
         await self.runtime.stop_watching()
         outcome = await self.runtime.drained(deadline)

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import openvino as ov
+
+# Importing openvino sends a usage event through openvino_telemetry (on unless opted out), from a process it forks
+# off a thread. A server must neither phone home from a factory network nor fork while gRPC and the event loop run:
+# measured, the forked copy made about one server start in four begin its drain by itself (a two-server test of
+# tests/integration/test_rolling_restart.py). Without the module, OpenVINO falls back to its no-op stub.
+if "openvino" not in sys.modules:
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None: "not installed"
+
+import openvino as ov  # after the telemetry switch above
 
 from visinspect_api.model_repository import IR_XML_FILENAME, ModelMetadata
 from visinspect_server.backends.base import ModelLoadError, RawOutput, Readiness, ServedVersions, all_versions
