@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.unit.test_model_repository import make_metadata
+from tests.sample_metadata import make_metadata
 from visinspect_api.model_repository import Calibration, InputContract, ModelMetadata, write_metadata
 from visinspect_server.backends.base import RawOutput, Readiness, ServedVersions, all_versions
 

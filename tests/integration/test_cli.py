@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_IMAGE_SIZE
-from tests.unit.test_model_repository import make_metadata
+from tests.sample_metadata import make_metadata
 from visinspect_api.model_repository import list_versions, read_metadata, write_metadata
 from visinspect_training.cli import main
 

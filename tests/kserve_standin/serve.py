@@ -37,7 +37,12 @@ from concurrent import futures
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
+
+# As the facade does (visinspect_server/backends/openvino.py): importing openvino would fork a telemetry sender off a
+# thread of this gRPC server; without the module OpenVINO uses its no-op stub.
+sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+
+import openvino as ov  # noqa: E402 - after the telemetry switch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: make `tests.kserve_standin` importable
 

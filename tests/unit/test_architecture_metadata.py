@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
-from tests.unit.test_model_repository import as_dict, make_metadata
+from tests.sample_metadata import as_dict, make_metadata
 from visinspect_api.model_repository import (
     METADATA_FILENAME,
     SCHEMA_VERSION,

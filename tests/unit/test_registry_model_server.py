@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.test_model_repository import make_metadata
+from tests.sample_metadata import make_metadata
 from visinspect_api.model_repository import ModelMetadata, write_metadata
 from visinspect_api.ovms_config import ModelServingConfig, read_ovms_config
 from visinspect_server import registry as registry_module

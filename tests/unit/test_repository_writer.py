@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_model_repository import make_metadata
+from tests.sample_metadata import make_metadata
 from visinspect_api.model_repository import list_versions, write_metadata
 from visinspect_api.ovms_config import read_ovms_config
 from visinspect_training.errors import RepositoryError
